@@ -1,0 +1,140 @@
+"""``make bench``: throughput of each model and config, printed as a table.
+
+Training (forward + backward + Adam step, images/s) and forward (no grad, images/s) at a fixed
+batch size, on the CPU and on CUDA when present. Attack throughput (image-iterations/s) is added by
+:func:`bench_attacks` once the attacks are available.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timeit(fn, steps: int, device: str, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_model(name: str, arch_name: str, device: str = "cpu", batch_size: int = 128, steps: int = 5) -> dict:
+    from .config import load_group
+    from .models import build_model, count_parameters, margin_loss
+
+    arch = load_group("arch", arch_name)
+    torch.manual_seed(0)
+    model = build_model(name, **arch).to(device)
+    x = torch.rand(batch_size, *arch["image_shape"], device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def train_step():
+        out = model(x)
+        cls = margin_loss(out.logits, y) if name.startswith("capsnet") else F.cross_entropy(out.logits, y)
+        rec = model.reconstruct(out.poses, y)
+        loss = cls + 0.0005 * (rec - x).flatten(1).pow(2).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def forward():
+        with torch.no_grad():
+            out = model(x)
+            model.reconstruct(out.poses, out.logits.argmax(1))
+
+    model.train()
+    t_train = _timeit(train_step, steps, device)
+    model.eval()
+    t_fwd = _timeit(forward, steps, device)
+    return {"device": device, "arch": arch_name, "model": name, "params": count_parameters(model),
+            "batch": batch_size, "train_img_s": batch_size / t_train, "forward_img_s": batch_size / t_fwd}
+
+
+def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batch_size: int = 128,
+                  steps: int = 5) -> list[dict]:
+    """Image-iterations/s of our PGD and R-PGD and torchattacks' PGD on the same model and batch."""
+    from .attacks import build_attack
+    from .config import load_group
+    from .models import build_model
+
+    arch = load_group("arch", arch_name)
+    torch.manual_seed(0)
+    model = build_model(name, **arch).to(device).eval()
+    x = torch.rand(batch_size, *arch["image_shape"], device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    rows = []
+    for attack in ("pgd", "r_pgd"):
+        kw = {"beta": 0.5} if attack == "r_pgd" else {}
+        atk = build_attack(attack, model, eps=0.3, step_size=0.01, steps=steps, random_start=False, **kw)
+        t = _timeit(lambda: atk(x, y), 1, device, warmup=1)
+        rows.append({"device": device, "arch": arch_name, "model": name, "attack": attack,
+                     "img_iter_s": batch_size * steps / t})
+    try:
+        import torchattacks
+    except Exception:  # noqa: BLE001 - optional dev dependency
+        return rows
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, inp):
+            return self.m(inp).logits
+
+    ta = torchattacks.PGD(Logits(model), eps=0.3, alpha=0.01, steps=steps, random_start=False)
+    t = _timeit(lambda: ta(x, y), 1, device, warmup=1)
+    rows.append({"device": device, "arch": arch_name, "model": name, "attack": "torchattacks_pgd",
+                 "img_iter_s": batch_size * steps / t})
+    return rows
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        return f"{v:,.0f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {args.batch_size}, "
+          f"{args.steps} timed steps after 2 warm-up steps")
+    rows = []
+    for device in devices:
+        for arch in args.archs:
+            for model in args.models:
+                rows.append(bench_model(model, arch, device, args.batch_size, args.steps))
+                print(f"  {device} {arch:8s} {model:8s} train {rows[-1]['train_img_s']:8.0f} img/s  "
+                      f"forward {rows[-1]['forward_img_s']:8.0f} img/s", flush=True)
+    print("\nModel throughput (images/s)\n")
+    print(format_table(rows, ["device", "arch", "model", "params", "batch", "train_img_s", "forward_img_s"]))
+    if not args.no_attacks:
+        arows = []
+        for device in devices:
+            for model in args.models:
+                arows += bench_attacks(model, "mnist", device, args.batch_size, args.attack_steps)
+        by = {(r["device"], r["model"], r["attack"]): r["img_iter_s"] for r in arows}
+        for r in arows:
+            pgd = by[(r["device"], r["model"], "pgd")]
+            r["vs_our_pgd"] = f"{pgd / r['img_iter_s']:.2f}x time" if r["attack"] == "r_pgd" else ""
+            ta = by.get((r["device"], r["model"], "torchattacks_pgd"))
+            r["vs_torchattacks"] = f"{r['img_iter_s'] / ta:.2f}x speed" if ta and r["attack"] == "pgd" else ""
+        print("\nAttack throughput on the default MNIST config (image-iterations/s)\n")
+        print(format_table(arows, ["device", "arch", "model", "attack", "img_iter_s", "vs_our_pgd", "vs_torchattacks"]))
+    return 0

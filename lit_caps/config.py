@@ -1,0 +1,107 @@
+"""Configs grouped by concern: ``configs/arch``, ``configs/data``, ``configs/train``.
+
+An experiment config is ``{model, arch_name, arch, data, train, logger, seed}``, composed from one
+YAML per group plus ``key.sub=value`` overrides (values parsed as YAML), or read whole from a YAML
+file (``--config``). ``config_key`` names what identifies a trained model: two configs with the
+same key describe the same checkpoint, so finished runs are reused and a changed setting never
+silently writes over an old run.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+DEFAULT_ARCH = {"mnist": "mnist", "fashion_mnist": "mnist", "mnist_c": "mnist", "svhn": "svhn", "cifar10": "cifar10"}
+
+#: Settings that do not change what a trained model is (hardware, logging, how often to save).
+VOLATILE = {
+    "train": {"max_epochs", "checkpoint_every_n_steps", "accelerator", "devices", "limit_val_batches", "limit_test_batches"},
+    "data": {"num_workers", "eval_batch_size", "root", "download"},
+}
+
+
+def config_dir() -> Path:
+    return Path(str(resources.files("lit_caps") / "configs"))
+
+
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def load_group(group: str, name: str) -> dict:
+    path = Path(name)
+    if not path.suffix:
+        path = config_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {group} config {name!r}; available: {', '.join(available(group))} "
+                                f"(or give a path to a YAML file)")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def set_dotted(cfg: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = cfg
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value (e.g. train.max_epochs=5)")
+        k, v = item.split("=", 1)
+        out.append((k.strip(), yaml.safe_load(v)))
+    return out
+
+
+def compose(model: str = "capsnet", data: str = "mnist", arch: str | None = None, train: str = "default",
+            seed: int = 0, overrides: list[str] | None = None, config_file: str | None = None) -> dict:
+    """Build the full experiment config."""
+    if config_file:
+        cfg = yaml.safe_load(Path(config_file).read_text())
+    else:
+        arch_name = arch or DEFAULT_ARCH[data] if data in DEFAULT_ARCH else arch
+        if arch_name is None:
+            raise ValueError(f"unknown dataset {data!r}; choose one of {', '.join(DEFAULT_ARCH)}")
+        cfg = {
+            "model": model,
+            "arch_name": Path(arch_name).stem,
+            "arch": load_group("arch", arch_name),
+            "data": load_group("data", data),
+            "train": load_group("train", train),
+            "train_profile": Path(train).stem,
+            "logger": {"wandb": True, "csv": True, "project": "lit_caps"},
+            "seed": seed,
+        }
+    for k, v in parse_overrides(overrides or []):
+        set_dotted(cfg, k, v)
+    return cfg
+
+
+def config_key(cfg: dict) -> dict:
+    """The part of a config that identifies a trained model."""
+    c = copy.deepcopy(cfg)
+    c.pop("logger", None)
+    c.pop("train_profile", None)
+    for group, keys in VOLATILE.items():
+        for k in keys:
+            c.get(group, {}).pop(k, None)
+    return c
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(config_key(cfg), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_dir_for(cfg: dict, root: str | Path = "runs") -> Path:
+    """runs/<dataset>/<model>-<arch>-s<seed>-<hash of the identifying settings>."""
+    return Path(root) / cfg["data"]["name"] / f"{cfg['model']}-{cfg['arch_name']}-s{cfg['seed']}-{config_hash(cfg)}"

@@ -1,0 +1,73 @@
+"""CNN baselines of Qin et al. 2020, Section 4.1.
+
+CNN+CR: the penultimate layer is split into K groups of D units; the sum of a group is that class's
+logit and the group is its "pose"; the reconstruction is class-conditional (masked) like CapsNet's.
+CNN+R: the same network; the reconstruction sees the whole penultimate layer (no masking).
+
+Shapes (default MNIST config): x [B,1,28,28] -> conv 12ch 15x15 -> conv 16ch 8x8 -> [B,784] ->
+FC 784 -> FC 160 = 10 groups x 16. The FC sizes mirror the CapsNet's capsule layers, so the three
+models have the same number of parameters (a capsule layer n_in x d_in -> n_out x d_out holds
+n_in*d_in*n_out*d_out weights, a dense layer between the flattened sizes the same).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Decoder, ModelOutput, ReconstructionClassifier
+
+
+class GroupedCNN(ReconstructionClassifier):
+    def __init__(
+        self,
+        image_shape=(1, 28, 28),
+        num_classes: int = 10,
+        conv_channels: int = 12,
+        conv_kernel: int = 15,
+        conv_stride: int = 1,
+        primary_types: int = 1,
+        primary_dim: int = 16,
+        primary_kernel: int = 8,
+        primary_stride: int = 1,
+        capsule_layers=((49, 16),),
+        class_dim: int = 16,
+        decoder_hidden=(512, 1024),
+        conditional: bool = True,
+        mean=None,
+        std=None,
+        **_capsule_only,
+    ):
+        """Takes the CapsNet config keys so one config describes all three models; routing-only
+        keys (routing_iterations, init_gain, decoder_input) are ignored."""
+        super().__init__(image_shape, num_classes, mean, std)
+        c = self.image_shape[0]
+        self.conv1 = nn.Conv2d(c, conv_channels, conv_kernel, stride=conv_stride)
+        self.conv2 = nn.Conv2d(conv_channels, primary_types * primary_dim, primary_kernel, stride=primary_stride)
+        with torch.no_grad():
+            flat = self.conv2(self.conv1(torch.zeros(1, *self.image_shape))).numel()
+        sizes = [flat] + [n * d for n, d in capsule_layers]
+        hidden = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            hidden += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        self.hidden = nn.Sequential(*hidden)
+        self.head = nn.Linear(sizes[-1], num_classes * class_dim)
+        self.class_dim = class_dim
+        self.conditional = conditional
+        self.decoder = Decoder(num_classes * class_dim, self.image_shape, tuple(decoder_hidden))
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        h = F.relu(self.conv1(self.normalize(x)))
+        h = F.relu(self.conv2(h)).flatten(1)
+        poses = self.head(self.hidden(h)).view(x.shape[0], self.num_classes, self.class_dim)
+        return ModelOutput(logits=poses.sum(-1), poses=poses)
+
+
+def CNN_CR(**kwargs) -> GroupedCNN:
+    """CNN with class-conditional (masked) reconstruction."""
+    return GroupedCNN(conditional=True, **kwargs)
+
+
+def CNN_R(**kwargs) -> GroupedCNN:
+    """CNN with reconstruction from the whole penultimate layer."""
+    return GroupedCNN(conditional=False, **kwargs)

@@ -1,0 +1,140 @@
+"""The LightningModule that trains any :class:`~lit_caps.models.ReconstructionClassifier`.
+
+loss = class loss (margin loss for capsule models, cross-entropy for the CNNs)
+     + recon_weight * sum of squared reconstruction errors (Sabour et al. 2017: 0.0005).
+The reconstruction is fed the true class's pose during training and the predicted class's at
+evaluation time (CNN+R: the whole penultimate layer).
+
+After each validation epoch the per-example validation reconstruction distances d(x) and the
+detection threshold at ``fpr`` (default 5%: the 95th percentile) are kept and stored in every
+checkpoint under ``checkpoint["detection"]``.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor
+
+from .detection import threshold_at_fpr
+from .models import build_model, margin_loss
+
+
+def dedupe_by_index(indices: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+    """Sort gathered per-example results by dataset index and drop the duplicates that a
+    DistributedSampler pads with. Returns (indices, *values), sorted by index."""
+    order = torch.argsort(indices, stable=True)
+    idx = indices[order]
+    keep = torch.ones_like(idx, dtype=torch.bool)
+    keep[1:] = idx[1:] != idx[:-1]
+    return (idx[keep],) + tuple(v[order][keep] for v in values)
+
+
+class LitReconstructionClassifier(L.LightningModule):
+    def __init__(
+        self,
+        model: str = "capsnet",
+        arch: dict | None = None,
+        lr: float = 1e-3,
+        lr_decay: float = 1.0,
+        weight_decay: float = 0.0,
+        recon_weight: float = 0.0005,
+        class_loss: str | None = None,
+        fpr: float = 0.05,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model, **(arch or {}))
+        self.class_loss_name = class_loss or ("margin" if model.startswith("capsnet") else "cross_entropy")
+        metrics = lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=self.model.num_classes,
+                                                                          average="micro")
+        self.train_acc, self.val_acc, self.test_acc = metrics(), metrics(), metrics()
+        self.val_distance = torchmetrics.MeanMetric()
+        self.test_distance = torchmetrics.MeanMetric()
+        self._val_parts: list[tuple[Tensor, Tensor]] = []
+        self.val_distances: Tensor | None = None
+        self.threshold: float | None = None
+
+    def forward(self, x: Tensor):
+        return self.model(x)
+
+    def class_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        if self.class_loss_name == "margin":
+            return margin_loss(logits, y)
+        return F.cross_entropy(logits, y)
+
+    def _step(self, batch, train: bool):
+        x, y, idx = batch
+        out = self.model(x)
+        pred = out.logits.argmax(1)
+        rec = self.model.reconstruct(out.poses, y if train else pred)
+        sse = (rec - x).flatten(1).pow(2).sum(1)
+        cls = self.class_loss(out.logits, y)
+        loss = cls + self.hparams.recon_weight * sse.mean()
+        return loss, cls, sse, pred, y, idx
+
+    def training_step(self, batch, batch_idx):
+        loss, cls, sse, pred, y, _ = self._step(batch, train=True)
+        self.train_acc(pred, y)
+        self.log_dict({"train/loss": loss, "train/class_loss": cls, "train/recon_sse": sse.mean()}, prog_bar=False)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, cls, sse, pred, y, idx = self._step(batch, train=False)
+        dist = sse.sqrt()
+        self.val_acc(pred, y)
+        self.val_distance(dist)
+        self._val_parts.append((idx.detach(), dist.detach()))
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+        self.log("val/distance", self.val_distance, on_epoch=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_parts = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_parts or self.trainer.sanity_checking:
+            return
+        idx = torch.cat([p[0] for p in self._val_parts])
+        dist = torch.cat([p[1] for p in self._val_parts]).float()
+        if self.trainer.world_size > 1:
+            idx = self.all_gather(idx).flatten()
+            dist = self.all_gather(dist).flatten()
+        idx, dist = dedupe_by_index(idx, dist)
+        self.val_distances = dist.cpu()
+        self.threshold = threshold_at_fpr(self.val_distances, self.hparams.fpr)
+        self.log("val/threshold", self.threshold)
+        self._val_parts = []
+
+    def test_step(self, batch, batch_idx):
+        loss, cls, sse, pred, y, _ = self._step(batch, train=False)
+        self.test_acc(pred, y)
+        self.test_distance(sse.sqrt())
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True)
+        self.log("test/acc", self.test_acc, on_epoch=True)
+        self.log("test/distance", self.test_distance, on_epoch=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_decay == 1.0:
+            return opt
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.hparams.lr_decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # -- detection state travels with the checkpoint ---------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.val_distances is not None:
+            checkpoint["detection"] = {
+                "val_distances": self.val_distances.clone(),
+                "threshold": self.threshold,
+                "fpr": self.hparams.fpr,
+                "epoch": self.current_epoch,
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        det = checkpoint.get("detection")
+        if det is not None:
+            self.val_distances = det["val_distances"]
+            self.threshold = det["threshold"]

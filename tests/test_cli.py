@@ -1,0 +1,36 @@
+"""The console entry point and config composition."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lit_caps.config import available, compose, config_key
+
+
+def test_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "lit_caps.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "fit" in out.stdout and "bench" in out.stdout
+
+
+def test_config_groups_and_overrides():
+    assert {"mnist", "sabour", "svhn", "cifar10"} <= set(available("arch"))
+    cfg = compose("cnn_r", "fashion_mnist", overrides=["train.max_epochs=3", "arch.decoder_hidden=[64,128]"])
+    assert cfg["arch_name"] == "mnist" and cfg["train"]["max_epochs"] == 3
+    assert cfg["arch"]["decoder_hidden"] == [64, 128] and cfg["data"]["name"] == "fashion_mnist"
+    assert compose("capsnet", "svhn")["arch_name"] == "svhn"
+    # volatile settings do not change what identifies a trained model
+    assert config_key(compose(overrides=["train.max_epochs=1"])) == config_key(compose())
+    assert config_key(compose(overrides=["train.lr=0.1"])) != config_key(compose())
+
+
+def test_bad_inputs_name_the_fix():
+    with pytest.raises(ValueError, match="key.sub=value"):
+        compose(overrides=["max_epochs"])
+    with pytest.raises(FileNotFoundError, match="available: "):
+        compose(arch="nope")
+    from lit_caps.models import build_model
+
+    with pytest.raises(ValueError, match="capsnet"):
+        build_model("resnet")

@@ -1,0 +1,42 @@
+"""Reports put measured numbers beside the paper's, and never invent a row."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from lit_caps.reports import clean_error_report, paper_table
+
+
+def _summary(ds, model, err, complete=True):
+    return {"dataset": ds, "model": model, "test_error": err, "epochs": 30, "train_wall_s": 600.0, "seed": 0,
+            "arch": "mnist", "config_hash": "abcd1234", "parameters": 2167400, "threshold": 7.5, "complete": complete,
+            "run_dir": f"runs/{ds}/{model}", "test_size": 10000, "device": "cpu"}
+
+
+def test_clean_error_report(tmp_path):
+    runs = tmp_path / "runs"
+    for ds, model, err, complete in [("mnist", "capsnet", 0.0071, True), ("mnist", "cnn_cr", 0.0065, True),
+                                     ("fashion_mnist", "cnn_r", 0.2, False)]:
+        d = runs / ds / model
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(_summary(ds, model, err, complete)))
+    df = clean_error_report(runs, tmp_path / "reports")
+    csv = pd.read_csv(tmp_path / "reports" / "clean_error.csv")
+    assert len(csv) == len(df) == 9  # 3 datasets x 3 models, one row each
+    caps = csv[(csv.dataset == "mnist") & (csv.model == "capsnet")].iloc[0]
+    assert caps.error_pct == 0.71 and caps.paper_error_pct == 0.6 and abs(caps.diff_pct - 0.11) < 1e-9
+    # an unfinished run is not reported; missing data says why
+    fr = csv[(csv.dataset == "fashion_mnist") & (csv.model == "cnn_r")].iloc[0]
+    assert pd.isna(fr.error_pct) and "not trained" in fr.note
+    sv = csv[csv.dataset == "svhn"]
+    assert sv.error_pct.isna().all() and sv.note.str.contains("SVHN is not available").all()
+    md = (tmp_path / "reports" / "clean_error.md").read_text()
+    assert "| MNIST | CapsNet | 0.71 | 0.6 | +0.11 | 30 |" in md
+
+
+def test_paper_tables_are_packaged():
+    t4 = paper_table("table4_clean_error")
+    assert len(t4) == 9 and set(t4.model) == {"capsnet", "cnn_cr", "cnn_r"}
+    t3 = paper_table("table3_rpgd")
+    assert set(t3.columns) == {"dataset", "model", "attack", "targeted", "success_rate", "undetected_rate"}

@@ -1,0 +1,131 @@
+"""Training: fast_dev_run of each model, checkpoints with the detection threshold, reuse, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_caps.config import compose, config_hash, run_dir_for
+from lit_caps.train import build, fit
+
+SMOKE = ["logger.wandb=false", "progress_bar=false"]
+
+
+def smoke_cfg(model="capsnet", data="mnist", extra=(), root=None):
+    over = list(SMOKE) + list(extra)
+    if root is not None:
+        over.append(f"data.root={root}")
+    return compose(model, data, train="smoke", overrides=over)
+
+
+@pytest.mark.parametrize("model", ["capsnet", "cnn_cr", "cnn_r"])
+def test_fast_dev_run(model, data_root, tmp_path):
+    cfg = smoke_cfg(model, root=data_root)
+    dm, module = build(cfg)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False,
+                        logger=False)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 1
+    assert module.threshold is not None and module.val_distances.numel() > 0
+
+
+def test_fit_writes_summary_checkpoint_and_threshold(data_root, tmp_path):
+    cfg = smoke_cfg("cnn_cr", root=data_root)
+    s = fit(cfg, runs_root=tmp_path)
+    run = Path(s["run_dir"])
+    assert run == run_dir_for(cfg, tmp_path)
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["complete"] and saved["epochs"] == 1 and 0 <= saved["test_error"] <= 1
+    assert saved["config_hash"] == config_hash(cfg)
+    ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    det = ck["detection"]
+    assert det["fpr"] == 0.05
+    assert abs(det["threshold"] - torch.quantile(det["val_distances"].double(), 0.95).item()) < 1e-6
+    assert det["val_distances"].numel() == 2 * 500  # limit_val_batches=2 of 500
+    assert (run / "csv" / "metrics.csv").is_file() and (run / "config.yaml").is_file()
+    # the same command again reuses the finished run instead of training
+    t0 = time.perf_counter()
+    again = fit(cfg, runs_root=tmp_path)
+    assert again == saved and time.perf_counter() - t0 < 2
+
+
+def test_changed_settings_never_overwrite_a_run(data_root, tmp_path):
+    cfg = smoke_cfg("cnn_r", root=data_root)
+    other = smoke_cfg("cnn_r", root=data_root, extra=["train.lr=0.0005"])
+    assert run_dir_for(cfg, tmp_path) != run_dir_for(other, tmp_path)
+    # max_epochs does not identify a model: more epochs continue the same run
+    longer = smoke_cfg("cnn_r", root=data_root, extra=["train.max_epochs=3"])
+    assert run_dir_for(cfg, tmp_path) == run_dir_for(longer, tmp_path)
+    fit(cfg, runs_root=tmp_path)
+    with pytest.raises(RuntimeError, match="different settings"):
+        fit(other, runs_root=tmp_path, run_dir=run_dir_for(cfg, tmp_path))
+
+
+def test_wandb_offline_run(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose("cnn_cr", "mnist", train="smoke",
+                  overrides=["progress_bar=false", f"data.root={data_root}", "logger.wandb=true"])
+    s = fit(cfg, runs_root=tmp_path)
+    runs = list((Path(s["run_dir"]) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_wandb_mode_defaults(monkeypatch, tmp_path):
+    from lit_caps.logging import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"
+
+
+def _ckpt_step(path: Path) -> int:
+    return torch.load(path, weights_only=False, map_location="cpu")["global_step"]
+
+
+def test_resume_after_kill_9(data_root, tmp_path):
+    """kill -9 mid-epoch, rerun the same command: it continues from the last checkpoint."""
+    overrides = ["logger.wandb=false", "progress_bar=false", f"data.root={data_root}", "train.max_epochs=2",
+                 "train.limit_train_batches=60", "train.checkpoint_every_n_steps=10"]
+    cmd = [sys.executable, "-m", "lit_caps.cli", "fit", "--model", "cnn_cr", "--data", "mnist", "--train", "smoke",
+           "--runs", str(tmp_path)] + overrides
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cfg = compose("cnn_cr", "mnist", train="smoke", overrides=overrides)
+    last = run_dir_for(cfg, tmp_path) / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file():
+            try:
+                step = _ckpt_step(last)
+            except Exception:  # being written
+                step = -1
+            if step >= 70:  # in the second epoch
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed_at = step
+                break
+        time.sleep(0.2)
+    assert killed_at is not None, "the run finished or stalled before it could be killed mid-epoch"
+    assert not (run_dir_for(cfg, tmp_path) / "summary.json").exists()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "resuming" in out.stdout
+    assert "Restored all states from the checkpoint" in out.stdout + out.stderr  # Lightning's own message
+    s = json.loads((run_dir_for(cfg, tmp_path) / "summary.json").read_text())
+    assert s["complete"] and s["epochs"] == 2 and s["global_step"] == 120
+    metrics = (run_dir_for(cfg, tmp_path) / "csv" / "metrics.csv").read_text().splitlines()
+    assert len(metrics) > 1
