@@ -33,6 +33,59 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def load_run(ckpt: str, overrides: list[str] | None = None):
+    """(config, datamodule, module) of a finished run from its checkpoint (config.yaml beside checkpoints/)."""
+    from pathlib import Path
+
+    import yaml
+
+    from .config import parse_overrides, set_dotted
+    from .data import CapsDataModule
+    from .module import LitReconstructionClassifier
+
+    ckpt_path = Path(ckpt)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt_path}; train one with `lit-caps fit` first")
+    cfg_path = ckpt_path.parent.parent / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: --ckpt must point into a run folder made by `lit-caps fit`")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    for k, v in parse_overrides(overrides or []):
+        set_dotted(cfg, k, v)
+    module = LitReconstructionClassifier.load_from_checkpoint(str(ckpt_path), map_location="cpu")
+    return cfg, CapsDataModule(**cfg["data"]), module
+
+
+def cmd_evaluate(args) -> int:
+    import lightning as L
+
+    from .callbacks import AttackEvaluation, expand_attack_specs
+    from .logging import make_loggers
+
+    cfg, dm, module = load_run(args.ckpt, args.overrides)
+    common = {k: v for k, v in (("eps", args.eps), ("steps", args.steps), ("step_size", args.step_size)) if v is not None}
+    targeted = {"both": ("targeted", "untargeted"), "true": ("targeted",), "false": ("untargeted",)}[args.targeted]
+    specs = expand_attack_specs(args.attacks, targeted=targeted, betas=args.beta, **common)
+    cb = AttackEvaluation(specs, n=args.n, seed=args.seed, out_dir=args.out, chunk_size=args.chunk_size,
+                          checkpoint=args.ckpt)
+    from pathlib import Path
+
+    run_dir = Path(args.out) / cfg["data"]["name"] / cfg["model"]
+    cfg = dict(cfg, logger=dict(cfg.get("logger", {}), wandb=not args.no_wandb))
+    loggers = make_loggers(cfg, run_dir, job_type="evaluate")
+    trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices, inference_mode=False, logger=loggers,
+                        callbacks=[cb], enable_checkpointing=False, limit_test_batches=args.limit_test_batches)
+    trainer.test(module, datamodule=dm, verbose=False)
+    if trainer.is_global_zero:
+        print(f"\n{'attack':42s} {'success':>8s} {'undetected':>10s} {'best-iter undet.':>16s}")
+        for r in cb.results:
+            s = r["summary"]
+            print(f"{r['name']:42s} {100 * s['success_rate']:7.1f}% {100 * s['undetected_rate']:9.1f}% "
+                  f"{100 * s['best_undetected_rate']:15.1f}%")
+        print(f"results: {run_dir}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -53,6 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train (or resume, or reuse) one model, then test it")
     _add_experiment_args(p)
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="attack a trained model and its detector (one result file per setting)")
+    p.add_argument("--ckpt", required=True, help="runs/<dataset>/<run>/checkpoints/last.ckpt")
+    p.add_argument("--attacks", nargs="+", default=["fgsm", "bim", "pgd", "cw"],
+                   help="fgsm bim pgd cw r_fgsm r_bim r_pgd")
+    p.add_argument("--targeted", choices=["both", "true", "false"], default="both")
+    p.add_argument("--beta", nargs="+", type=float, default=[0.5], help="beta values for the R-* attacks")
+    p.add_argument("--n", type=int, default=1000, help="examples of the fixed seeded test subset")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eps", type=float, default=None, help="override the dataset's Appendix C bound")
+    p.add_argument("--steps", type=int, default=None, help="override the preset's iterations")
+    p.add_argument("--step-size", type=float, default=None)
+    p.add_argument("--chunk-size", type=int, default=100)
+    p.add_argument("--out", default="results")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--limit-test-batches", type=lambda v: float(v) if "." in v else int(v), default=1.0,
+                   help="clean test pass before the attacks: a fraction (1.0 = all) or a number of batches")
+    p.add_argument("--no-wandb", action="store_true")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/data")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="training/forward throughput of each model and config (images/s)")
     p.add_argument("--models", nargs="+", default=["capsnet", "cnn_cr", "cnn_r"])

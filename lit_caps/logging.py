@@ -38,7 +38,7 @@ def ensure_wandb_mode() -> str:
     return mode
 
 
-def make_loggers(cfg: dict, run_dir: Path) -> list:
+def make_loggers(cfg: dict, run_dir: Path, job_type: str = "fit") -> list:
     from lightning.pytorch.loggers import CSVLogger
 
     lcfg = cfg.get("logger", {})
@@ -49,8 +49,8 @@ def make_loggers(cfg: dict, run_dir: Path) -> list:
         from lightning.pytorch.loggers import WandbLogger
 
         mode = ensure_wandb_mode()
-        run_id = run_dir.name.replace("/", "-")
+        run_id = run_dir.name if job_type == "fit" else f"{cfg['data']['name']}-{run_dir.name}-{job_type}"
         loggers.append(WandbLogger(project=lcfg.get("project", "lit_caps"), save_dir=str(run_dir),
                                    name=f"{cfg['data']['name']}/{run_dir.name}", id=run_id, resume="allow",
-                                   mode=mode, config=cfg, group=cfg["data"]["name"], job_type="fit"))
+                                   mode=mode, config=cfg, group=cfg["data"]["name"], job_type=job_type))
     return loggers

@@ -17,18 +17,8 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor
 
-from .detection import threshold_at_fpr
+from .detection import dedupe_by_index, threshold_at_fpr
 from .models import build_model, margin_loss
-
-
-def dedupe_by_index(indices: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
-    """Sort gathered per-example results by dataset index and drop the duplicates that a
-    DistributedSampler pads with. Returns (indices, *values), sorted by index."""
-    order = torch.argsort(indices, stable=True)
-    idx = indices[order]
-    keep = torch.ones_like(idx, dtype=torch.bool)
-    keep[1:] = idx[1:] != idx[:-1]
-    return (idx[keep],) + tuple(v[order][keep] for v in values)
 
 
 class LitReconstructionClassifier(L.LightningModule):

@@ -1,0 +1,75 @@
+"""Figures (matplotlib, Agg backend, PNG): the undetected rate vs FPR curve (Fig. 2) and the
+histograms of clean vs adversarial reconstruction distances (Fig. 1b)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _np(v) -> np.ndarray:
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    return np.asarray(v, dtype=np.float64).ravel()
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix or '.png'}")
+    fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_undetected_vs_fpr(curves: dict, path, title: str = "") -> Path:
+    """Undetected rate (%) vs false positive rate (%), one line per label (the paper's Fig. 2).
+
+    ``curves``: label -> (fprs, undetected_rates), both as fractions in [0, 1] (as returned by
+    :func:`lit_caps.detection.undetected_vs_fpr`). The 5% FPR of the paper's threshold is marked.
+    """
+    fig, ax = plt.subplots(figsize=(4.5, 3.6))
+    for label, (fprs, rates) in curves.items():
+        ax.plot(100 * _np(fprs), 100 * _np(rates), label=str(label), lw=1.8)
+    ax.axvline(5, color="grey", ls=":", lw=1, label="FPR 5%")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("False Positive Rate (%)")
+    ax.set_ylabel("Undetected Rate (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_distance_histograms(clean, adv: dict, threshold: float | None, path, title: str = "",
+                             bins: int = 50) -> Path:
+    """Histograms of reconstruction distances d(x): clean inputs vs each adversarial set (Fig. 1b),
+    with the detection threshold as a vertical line. ``adv``: label -> distances."""
+    sets = {"clean": _np(clean)} | {str(k): _np(v) for k, v in adv.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in sets.values()] + [np.zeros(0)])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if threshold is not None:
+        lo, hi = min(lo, float(threshold)), max(hi, float(threshold))
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    for label, v in sets.items():
+        if v.size:
+            ax.hist(v, bins=edges, alpha=0.5, density=True, label=f"{label} (n={v.size})")
+    if threshold is not None:
+        ax.axvline(float(threshold), color="k", ls="--", lw=1.2, label=f"threshold {float(threshold):.3g}")
+    ax.set_xlabel("Reconstruction distance $d(x)$")
+    ax.set_ylabel("Density")
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+    return _save(fig, path)

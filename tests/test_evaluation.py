@@ -1,0 +1,254 @@
+"""The resumable attack evaluation (lit_caps.evaluation) with a tiny model and a stand-in attack.
+
+The stand-in (5 signed-gradient steps from a *random* start drawn from the global RNG) stands for
+the real attacks package: resumed / split runs can only match when evaluate_attack seeds every
+chunk from (seed, chunk id).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from lit_caps.detection import detection_rates, threshold_at_fpr
+from lit_caps.evaluation import (EXAMPLE_FIELDS, chunk_dir, evaluate_attack, model_hash, result_path,
+                                 subset_positions)
+
+N, CHUNK, EPS = 60, 20, 0.3
+CALLS = {"n": 0, "fail_at": None}
+
+
+def stand_in_attack(name, model, *, eps, targeted, threshold, steps=5, step_size=0.1, **_):
+    """build_attack-shaped factory: returns attack(x, y, target) -> AttackResult-like."""
+
+    def attack(x, y, target=None):
+        CALLS["n"] += 1
+        if CALLS["fail_at"] is not None and CALLS["n"] >= CALLS["fail_at"]:
+            raise RuntimeError("simulated interruption")
+        delta = (torch.rand_like(x) * 2 - 1) * eps  # global RNG: must be seeded per chunk
+        delta = (x + delta).clamp(0, 1) - x
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            logits = model(x + delta).logits
+            loss = -F.cross_entropy(logits, target) if targeted else F.cross_entropy(logits, y)
+            (g,) = torch.autograd.grad(loss, delta)
+            delta = (delta.detach() + step_size * g.sign()).clamp(-eps, eps)
+            delta = (x + delta).clamp(0, 1) - x
+        return SimpleNamespace(x_adv=(x + delta).detach(), best_undetected=None, x_best=None, iterations=steps)
+
+    return attack
+
+
+class Indexed(Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i]), i
+
+
+@pytest.fixture(scope="module")
+def tiny(data_root):
+    """A small CNN+CR (a few seconds of training): (model, val_distances, threshold)."""
+    from torchvision.datasets import MNIST
+
+    from lit_caps.models import build_model
+
+    torch.manual_seed(0)
+    ds = MNIST(str(data_root), train=True, download=False)
+    x = ds.data[:5000].float().div(255).unsqueeze(1)
+    y = ds.targets[:5000].long()
+    model = build_model("cnn_cr", image_shape=(1, 28, 28), conv_channels=4, conv_kernel=9, primary_dim=4,
+                        primary_kernel=9, capsule_layers=[[8, 8]], class_dim=4, decoder_hidden=(64,))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        i = torch.randint(0, 4000, (64,), generator=g)
+        out = model(x[i])
+        rec = model.reconstruct(out.poses, y[i])
+        loss = F.cross_entropy(out.logits, y[i]) + 0.005 * (rec - x[i]).flatten(1).pow(2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        val = model.distance(x[4000:])
+    return model, val, threshold_at_fpr(val, 0.05)
+
+
+@pytest.fixture(scope="module")
+def dataset(mnist_test):
+    return Indexed(*mnist_test)
+
+
+def run(tiny, dataset, out_dir, targeted=False, attack="pgd", **kw):
+    model, val, thr = tiny
+    args = dict(dataset_name="mnist", model_name="tiny", targeted=targeted, eps=EPS, seed=0, n=N,
+                threshold=thr, val_distances=val, settings={"steps": 5, "step_size": 0.1}, out_dir=out_dir,
+                chunk_size=CHUNK, attack_fn=stand_in_attack, progress=False, fpr=0.05)
+    args.update(kw)
+    return evaluate_attack(model, dataset, attack, **args)
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls():
+    CALLS.update(n=0, fail_at=None)
+    yield
+    CALLS.update(n=0, fail_at=None)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, dataset, tmp_path_factory):
+    """Uninterrupted single-process results, untargeted and targeted."""
+    out = tmp_path_factory.mktemp("ref")
+    return {t: run(tiny, dataset, out, targeted=t) for t in (False, True)}, out
+
+
+def same_outcomes(a, b):
+    assert a["settings_hash"] == b["settings_hash"]
+    assert a["examples"] == b["examples"]
+    assert a["summary"] == b["summary"]
+
+
+def test_result_file_fields_and_cache(tiny, dataset, reference):
+    refs, out = reference
+    r = refs[False]
+    path = result_path(out, "mnist", "tiny", "pgd-untargeted-eps0.3-n60-s0")
+    assert path.is_file() and r["path"] == str(path) and r["status"] == "complete"
+    assert json.loads(path.read_text())["examples"] == r["examples"]
+    assert sorted(p.name for p in chunk_dir(out, "mnist", "tiny", path.stem).iterdir()) == \
+        ["chunk_00000.pt", "chunk_00001.pt", "chunk_00002.pt"]
+    s = r["settings"]
+    for k, v in dict(dataset="mnist", model="tiny", attack="pgd", targeted=False, beta=None, eps=EPS, n=N, seed=0,
+                     chunk_size=CHUNK, fpr=0.05, threshold=tiny[2], model_hash=model_hash(tiny[0])).items():
+        assert s[k] == v, k
+    assert s["attack_settings"]["steps"] == 5 and s["attack_settings"]["step_size"] == 0.1
+    assert s["attack_impl"].endswith("stand_in_attack")
+    assert s["val_fpr"] == pytest.approx(0.05, abs=0.01)
+    assert {"torch_version", "device", "wall_time_s", "world_size"} <= set(r["run"])
+    ex = r["examples"]
+    assert set(ex) == set(EXAMPLE_FIELDS) and all(len(v) == N for v in ex.values())
+    assert ex["index"] == subset_positions(len(dataset), N, 0).tolist()
+    assert ex["y"] == [int(dataset.y[i]) for i in ex["index"]]
+    assert ex["target"] == [None] * N
+    assert max(ex["linf"]) <= EPS + 1e-6
+    sm = r["summary"]
+    ref = detection_rates(torch.tensor(ex["adv_pred"]), torch.tensor(ex["y"]), torch.tensor(ex["adv_dist"]), tiny[2])
+    assert sm["success_rate"] == pytest.approx(ref["success_rate"])
+    assert sm["undetected_rate"] == pytest.approx(ref["undetected_rate"])
+    assert 0 < sm["success_rate"] <= 1  # the stand-in attack does something
+    assert sm["success_ci"][0] <= sm["success_rate"] <= sm["success_ci"][1]
+    assert sm["undetected_rate"] <= sm["best_undetected_rate"] <= sm["success_rate"] + 1e-12
+    assert sm["undetected_vs_fpr"]["fpr"][0] == 0 and len(sm["undetected_vs_fpr"]["fpr"]) == 101
+    assert sm["roc_auc"] is None or 0 <= sm["roc_auc"] <= 1
+    assert sm["clean_accuracy"] > 0.5
+    # rerun: cached, nothing recomputed, file untouched
+    mtime = path.stat().st_mtime_ns
+    again = run(tiny, dataset, out)
+    assert CALLS["n"] == 0 and again == r and path.stat().st_mtime_ns == mtime
+
+
+def test_resume_after_interruption_is_identical(tiny, dataset, reference, tmp_path):
+    ref = reference[0][True]
+    assert all(t is not None and t != y for t, y in zip(ref["examples"]["target"], ref["examples"]["y"]))
+    CALLS["fail_at"] = 2  # dies in the 2nd chunk
+    with pytest.raises(RuntimeError, match="simulated"):
+        run(tiny, dataset, tmp_path, targeted=True)
+    name = "pgd-targeted-eps0.3-n60-s0"
+    cdir = chunk_dir(tmp_path, "mnist", "tiny", name)
+    assert [p.name for p in cdir.iterdir()] == ["chunk_00000.pt"]  # complete or absent, no temp files
+    assert not result_path(tmp_path, "mnist", "tiny", name).exists()
+    CALLS.update(n=0, fail_at=None)
+    r = run(tiny, dataset, tmp_path, targeted=True)
+    assert CALLS["n"] == 2  # chunk 0 reused
+    same_outcomes(r, ref)
+    # lose the final file and one chunk: only that chunk is recomputed
+    result_path(tmp_path, "mnist", "tiny", name).unlink()
+    (cdir / "chunk_00001.pt").unlink()
+    CALLS["n"] = 0
+    same_outcomes(run(tiny, dataset, tmp_path, targeted=True), ref)
+    assert CALLS["n"] == 1
+
+
+def test_rank_split_matches_single_process(tiny, dataset, reference, tmp_path):
+    ref = reference[0][False]
+    r0 = run(tiny, dataset, tmp_path, rank=0, world_size=2)
+    assert r0["status"] == "incomplete" and r0["missing_chunks"] == [1]
+    assert CALLS["n"] == 2  # chunks 0 and 2
+    r1 = run(tiny, dataset, tmp_path, rank=1, world_size=2)
+    assert r1["status"] == "incomplete" and r1["missing_chunks"] == []  # rank 1 never assembles
+    assert CALLS["n"] == 3
+    done = run(tiny, dataset, tmp_path, rank=0, world_size=2)
+    assert CALLS["n"] == 3 and done["status"] == "complete"
+    same_outcomes(done, ref)
+    assert run(tiny, dataset, tmp_path, rank=1, world_size=2) == done  # now cached for every rank
+
+
+def test_changed_settings_never_mix_chunks(tiny, dataset, reference, tmp_path):
+    model, val, thr = tiny
+    ref = reference[0][False]
+    shutil.copytree(reference[1], tmp_path / "res")
+    out = tmp_path / "res"
+    thr_b = float(val.min())  # a different threshold: same file name, different settings
+    b = run(tiny, dataset, out, threshold=thr_b)
+    assert CALLS["n"] == 3  # every chunk recomputed, none taken from the old settings
+    assert b["settings"]["threshold"] == thr_b and b["settings_hash"] != ref["settings_hash"]
+    fresh = run(tiny, dataset, tmp_path / "fresh", threshold=thr_b)
+    same_outcomes(b, fresh)
+    assert b["summary"]["undetected_rate"] <= ref["summary"]["undetected_rate"]
+    # a chunk file from other settings planted under the current name is rejected, not mixed in
+    name = "pgd-untargeted-eps0.3-n60-s0"
+    cdir = chunk_dir(out, "mnist", "tiny", name)
+    shutil.copy(chunk_dir(reference[1], "mnist", "tiny", name) / "chunk_00001.pt", cdir / "chunk_00001.pt")
+    result_path(out, "mnist", "tiny", name).unlink()
+    CALLS["n"] = 0
+    same_outcomes(run(tiny, dataset, out, threshold=thr_b), fresh)
+    assert CALLS["n"] == 1
+    # other weights are other settings too
+    m2 = copy.deepcopy(model)
+    with torch.no_grad():
+        next(m2.parameters()).add_(1e-3)
+    assert model_hash(m2) != model_hash(model)
+
+
+def test_beta_in_name_and_settings(tiny, dataset, tmp_path):
+    r = run(tiny, dataset, tmp_path, n=20, beta=0.5)
+    assert r["name"] == "pgd-untargeted-beta0.5-eps0.3-n20-s0" and r["settings"]["beta"] == 0.5
+    assert r["settings"]["attack_settings"].get("beta") is None  # beta is its own setting, passed to the attack
+
+
+def test_with_the_attacks_package(tiny, dataset, tmp_path):
+    """The default attack_fn (lit_caps.attacks.build_attack + Appendix C presets), once it exists."""
+    try:
+        from lit_caps.attacks import build_attack, preset  # noqa: F401
+    except ImportError:
+        pytest.skip("lit_caps.attacks (build_attack, preset) not there yet")
+    kw = dict(n=20, chunk_size=10, attack_fn=None)
+    # PGD (random start): resuming after losing a chunk reproduces it exactly
+    r = run(tiny, dataset, tmp_path, settings={"steps": 3, "step_size": 0.1}, **kw)
+    assert r["settings"]["attack_impl"] == "lit_caps.attacks.build_attack"
+    assert r["settings"]["attack_settings"] == {"eps": EPS, "step_size": 0.1, "steps": 3}
+    assert max(r["examples"]["linf"]) <= EPS + 1e-5
+    result_path(tmp_path, "mnist", "tiny", r["name"]).unlink()
+    (chunk_dir(tmp_path, "mnist", "tiny", r["name"]) / "chunk_00001.pt").unlink()
+    same_outcomes(run(tiny, dataset, tmp_path, settings={"steps": 3, "step_size": 0.1}, **kw), r)
+    # targeted R-PGD with beta: best-iterate >= last-iterate undetected
+    rr = run(tiny, dataset, tmp_path, targeted=True, attack="r_pgd", beta=0.5, settings={"steps": 3}, **kw)
+    assert rr["name"] == "r_pgd-targeted-beta0.5-eps0.3-n20-s0" and rr["settings"]["beta"] == 0.5
+    sm = rr["summary"]
+    assert sm["undetected_rate"] <= sm["best_undetected_rate"]
+    # CW-L2 has no eps: "epsnone" in the name
+    cw = evaluate_attack(tiny[0], dataset, "cw", dataset_name="mnist", model_name="tiny", targeted=False, eps=None,
+                         n=10, threshold=tiny[2], val_distances=tiny[1], out_dir=tmp_path, chunk_size=10,
+                         settings={"steps": 10, "binary_search_steps": 1, "initial_const": 1.0}, progress=False)
+    assert cw["name"] == "cw-untargeted-epsnone-n10-s0" and cw["settings"]["eps"] is None
+    assert cw["summary"]["linf_violations"] is None
