@@ -18,14 +18,17 @@ def _sync(device: str) -> None:
 
 
 def _timeit(fn, steps: int, device: str, warmup: int = 2) -> float:
+    """Median seconds per call over ``steps`` timed calls (robust to other load on the machine)."""
     for _ in range(warmup):
         fn()
-    _sync(device)
-    t0 = time.perf_counter()
+    times = []
     for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
         fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / steps
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def bench_model(name: str, arch_name: str, device: str = "cpu", batch_size: int = 128, steps: int = 5) -> dict:
@@ -62,8 +65,9 @@ def bench_model(name: str, arch_name: str, device: str = "cpu", batch_size: int 
 
 
 def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batch_size: int = 128,
-                  steps: int = 5) -> list[dict]:
-    """Image-iterations/s of our PGD and R-PGD and torchattacks' PGD on the same model and batch."""
+                  steps: int = 10, repeats: int = 3) -> list[dict]:
+    """Image-iterations/s of our PGD and R-PGD and torchattacks' PGD on the same model and batch
+    (``steps`` iterations per call, median of ``repeats`` calls; no random start)."""
     from .attacks import build_attack
     from .config import load_group
     from .models import build_model
@@ -77,7 +81,7 @@ def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batc
     for attack in ("pgd", "r_pgd"):
         kw = {"beta": 0.5} if attack == "r_pgd" else {}
         atk = build_attack(attack, model, eps=0.3, step_size=0.01, steps=steps, random_start=False, **kw)
-        t = _timeit(lambda: atk(x, y), 1, device, warmup=1)
+        t = _timeit(lambda: atk(x, y), repeats, device, warmup=1)
         rows.append({"device": device, "arch": arch_name, "model": name, "attack": attack,
                      "img_iter_s": batch_size * steps / t})
     try:
@@ -94,7 +98,7 @@ def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batc
             return self.m(inp).logits
 
     ta = torchattacks.PGD(Logits(model), eps=0.3, alpha=0.01, steps=steps, random_start=False)
-    t = _timeit(lambda: ta(x, y), 1, device, warmup=1)
+    t = _timeit(lambda: ta(x, y), repeats, device, warmup=1)
     rows.append({"device": device, "arch": arch_name, "model": name, "attack": "torchattacks_pgd",
                  "img_iter_s": batch_size * steps / t})
     return rows
@@ -122,8 +126,14 @@ def main(args) -> int:
                 rows.append(bench_model(model, arch, device, args.batch_size, args.steps))
                 print(f"  {device} {arch:8s} {model:8s} train {rows[-1]['train_img_s']:8.0f} img/s  "
                       f"forward {rows[-1]['forward_img_s']:8.0f} img/s", flush=True)
-    print("\nModel throughput (images/s)\n")
-    print(format_table(rows, ["device", "arch", "model", "params", "batch", "train_img_s", "forward_img_s"]))
+    import platform
+
+    header = (f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads "
+              f"({platform.processor() or platform.machine()}), batch {args.batch_size}, {args.steps} timed steps "
+              f"after 2 warm-up steps, fp32")
+    out = [f"# `make bench`\n\n{header}\n", "## Model throughput (images/s)\n",
+           format_table(rows, ["device", "arch", "model", "params", "batch", "train_img_s", "forward_img_s"])]
+    print("\n" + "\n".join(out[1:]))
     if not args.no_attacks:
         arows = []
         for device in devices:
@@ -135,6 +145,14 @@ def main(args) -> int:
             r["vs_our_pgd"] = f"{pgd / r['img_iter_s']:.2f}x time" if r["attack"] == "r_pgd" else ""
             ta = by.get((r["device"], r["model"], "torchattacks_pgd"))
             r["vs_torchattacks"] = f"{r['img_iter_s'] / ta:.2f}x speed" if ta and r["attack"] == "pgd" else ""
-        print("\nAttack throughput on the default MNIST config (image-iterations/s)\n")
-        print(format_table(arows, ["device", "arch", "model", "attack", "img_iter_s", "vs_our_pgd", "vs_torchattacks"]))
+        out += ["\n## Attack throughput on the default MNIST config (image-iterations/s)\n",
+                format_table(arows, ["device", "arch", "model", "attack", "img_iter_s", "vs_our_pgd", "vs_torchattacks"])]
+        print("\n".join(out[-2:]))
+    if args.out:
+        from pathlib import Path
+
+        from .reports import write_atomic
+
+        write_atomic(Path(args.out), "\n".join(out) + "\n")
+        print(f"\nwritten to {args.out}")
     return 0

@@ -3,6 +3,8 @@
     lit-caps fit --model capsnet --data mnist [--arch mnist] [--train default] [--seed 0] [key.sub=value ...]
     lit-caps bench [--models ...] [--archs ...]
     lit-caps report clean-error [--runs runs] [--out reports]
+    lit-caps reproduce table1|rpgd-beta|table7 --data mnist --scale quick [--only-report] [--runs runs]
+                       [--out results] [--reports reports]
 """
 from __future__ import annotations
 
@@ -100,6 +102,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    import torch
+
+    from . import experiments
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kw = dict(runs_root=args.runs, out_dir=args.out, report_dir=args.reports, models=tuple(args.models),
+              seed=args.seed, only_report=args.only_report, attack_seed=args.attack_seed, device=args.device,
+              data_root=args.data_root, progress=args.progress)
+    if args.what == "rpgd-beta":
+        kw.update(betas=args.betas, targeted={"both": (True, False), "true": (True,), "false": (False,)}[args.targeted])
+    elif args.what == "table7":
+        kw.update(betas=args.betas, source_seed=args.source_seed)
+    try:
+        experiments.TABLES[args.what](args.data, args.scale, **kw)
+    except experiments.RunNotFoundError as e:
+        print(f"[lit-caps] {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lit-caps", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -137,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--attack-steps", type=int, default=10, help="iterations per timed attack call")
     p.add_argument("--no-attacks", action="store_true", help="skip the attack throughput table")
+    p.add_argument("--out", default=None, help="also write the tables as Markdown to this file")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="write a report under reports/ from finished runs")
@@ -144,6 +169,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs")
     p.add_argument("--out", default="reports")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="an attack table (resumable), its report beside the paper's numbers",
+                       description="table1: white-box FGSM/BIM/PGD/CW (paper Table 1/5); rpgd-beta: R-PGD over beta "
+                                   "(Fig. 9, Table 3/6, Fig. 2); table7: black-box PGD/R-PGD (Table 7). Scales: smoke "
+                                   "(seconds), quick (a 2-core CPU, about an hour per table), paper (Appendix C).")
+    p.add_argument("what", choices=["table1", "rpgd-beta", "table7"])
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
+    p.add_argument("--only-report", action="store_true",
+                   help="compute nothing: write the report from the result files that exist (others: pending)")
+    p.add_argument("--runs", default="runs", help="root folder of `lit-caps fit` runs")
+    p.add_argument("--out", default="results", help="result files (one per attack setting)")
+    p.add_argument("--reports", default="reports", help="where the Markdown/CSV reports and figures go")
+    p.add_argument("--models", nargs="+", default=["capsnet", "cnn_cr", "cnn_r"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the trained models")
+    p.add_argument("--attack-seed", type=int, default=0, help="seed of the test subset and the targets")
+    p.add_argument("--source-seed", type=int, default=1, help="table7: seed of the black-box substitute models")
+    p.add_argument("--betas", nargs="+", type=float, default=None, help="rpgd-beta / table7: beta grid "
+                   "(default: the scale's)")
+    p.add_argument("--targeted", choices=["both", "true", "false"], default="both", help="rpgd-beta only")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--data-root", default=None, help="override the runs' data.root")
+    p.add_argument("--progress", action="store_true", help="a progress bar over each attack's chunks")
+    p.set_defaults(func=cmd_reproduce)
     return ap
 
 

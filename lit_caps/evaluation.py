@@ -3,8 +3,14 @@
 The unit of work is a *chunk* of ``chunk_size`` examples of a fixed, seeded test subset. Every
 chunk is a file that is either complete or absent (written to a temp file, then ``os.replace``)::
 
-    <out_dir>/<dataset>/<model>/<attack>-<targeted|untargeted>[-beta<b>]-eps<e>-n<N>-s<seed>.json
+    <out_dir>/<dataset>/<model>/<attack>-<targeted|untargeted>[-beta<b>]-eps<e>-n<N>-s<seed>[-bb<h>].json
     <out_dir>/<dataset>/<model>/.chunks/<same name without .json>/chunk_00012.pt
+
+``-bb<h>`` marks a black-box transfer result (``source_model`` given, paper Section 3 "Threat
+Model" and Table 7): the adversarial examples are crafted on the source (substitute) model, with
+its own predicted-class reconstructions for the R-* attacks and its own threshold (if any) for the
+attack's best-iterate bookkeeping, and success / undetected are measured on the target ``model``
+with the target's threshold. ``<h>`` = the first 8 hex digits of the source's model hash.
 
 A chunk stores the hash of every setting that changes its numbers (model weights, threshold,
 validation distances, attack settings, eps, beta, seed, n, chunk size, ...); a chunk whose hash
@@ -18,7 +24,8 @@ The result JSON (``schema`` 1)::
     name, path, status ("complete"), schema, settings_hash,
     settings: {dataset, model, attack, attack_impl, targeted, beta, eps, attack_settings{...},
                threshold, fpr, val_fpr, n_val, val_distances_sha, n, n_dataset, seed, target_seed,
-               chunk_size, model_hash, checkpoint},
+               chunk_size, model_hash, checkpoint,
+               [transfer only: source_model, source_model_hash, source_threshold, source_checkpoint]},
     run:      {torch_version, device, devices, world_size, wall_time_s (attack time summed over
                chunks), chunk_wall_time_s, finished_at, lit_caps_version, host, python},
     summary:  {n, clean_accuracy, clean_flagged_rate, success_rate, success_ci, undetected_rate,
@@ -54,7 +61,12 @@ SCHEMA = 1
 EXAMPLE_FIELDS = ("index", "y", "target", "clean_pred", "clean_dist", "adv_pred", "adv_dist", "success",
                   "undetected", "best_undetected", "linf", "l2", "iterations")
 #: settings recorded but not part of the identity hash (a copy of a checkpoint is the same model).
-_UNHASHED = ("checkpoint",)
+_UNHASHED = ("checkpoint", "source_checkpoint")
+#: L-inf-only settings that an unbounded attack (CW-L2) ignores, so that one ``--eps`` /
+#: ``--step-size`` can be given for a list of attacks (``lit-caps evaluate --attacks pgd cw --eps 0.2``).
+_LINF_ONLY = ("eps", "step_size", "random_start")
+#: generic settings an attack class without them ignores (FGSM has no ``steps``, CW no ``step_size``).
+_GENERIC = ("steps", "step_size", "random_start")
 
 
 # -- names, hashes, atomic files -----------------------------------------------------------------
@@ -62,13 +74,17 @@ def _fmt(v: float | None) -> str:
     return "none" if v is None else f"{float(v):g}"
 
 
-def result_name(attack: str, targeted: bool, eps: float | None, n: int, seed: int, beta: float | None = None) -> str:
-    """``<attack>-<targeted|untargeted>[-beta<b>]-eps<e>-n<N>-s<seed>`` (no extension); ``e`` is
-    ``f"{eps:g}"`` (0.3, 0.0313725) or ``none`` for unbounded attacks (CW-L2)."""
+def result_name(attack: str, targeted: bool, eps: float | None, n: int, seed: int, beta: float | None = None,
+                source_hash: str | None = None) -> str:
+    """``<attack>-<targeted|untargeted>[-beta<b>]-eps<e>-n<N>-s<seed>[-bb<h>]`` (no extension); ``e`` is
+    ``f"{eps:g}"`` (0.3, 0.0313725) or ``none`` for unbounded attacks (CW-L2); ``-bb<h>`` (black-box
+    transfer from a source model) with ``h`` the first 8 hex digits of the source's model hash."""
     parts = [attack, "targeted" if targeted else "untargeted"]
     if beta is not None:
         parts.append(f"beta{_fmt(beta)}")
     parts += [f"eps{_fmt(eps)}", f"n{int(n)}", f"s{int(seed)}"]
+    if source_hash is not None:
+        parts.append(f"bb{source_hash[:8]}")
     return "-".join(parts)
 
 
@@ -187,26 +203,80 @@ def _impl_name(fn) -> str:
     return f"{mod}.{qn}"
 
 
+def _attack_class(attack_name: str):
+    try:
+        from .attacks import ATTACKS
+    except ImportError:
+        return None
+    return ATTACKS.get(attack_name)
+
+
+def is_unbounded(attack_name: str, preset_settings: dict | None = None, attack_fn=None) -> bool:
+    """True for attacks without an L-inf bound (CW-L2): the attack class says ``requires_eps =
+    False`` (default attacks), or, for a custom ``attack_fn``, the known preset's eps is None."""
+    cls = _attack_class(attack_name) if attack_fn is None else None
+    if cls is not None:
+        return not getattr(cls, "requires_eps", True)
+    return preset_settings is not None and "eps" in preset_settings and preset_settings["eps"] is None
+
+
 def resolve_attack_settings(dataset_name: str, attack_name: str, eps: float | None, settings: dict | None,
                             attack_fn=None) -> dict:
     """Appendix C preset of (dataset, attack), overridden by ``settings``, then by ``eps``
     (``eps=None``: the preset's, or None for unbounded attacks such as CW-L2).
 
+    Unbounded attacks (CW-L2, :func:`is_unbounded`) ignore the L-inf-only settings ``eps``,
+    ``step_size`` and ``random_start`` (from ``eps`` or ``settings``, with a warning): their ``eps``
+    is always None, so one ``--eps`` can serve a list of attacks. Likewise, with the default
+    attacks, the generic ``steps`` / ``step_size`` / ``random_start`` are dropped (with a warning)
+    for a class that has no such setting (FGSM: one step); any other setting the attack class does
+    not take is an error naming the ones it takes.
+
     With a custom ``attack_fn`` a missing preset (unknown attack name, or no attacks package) is
     an empty dict; with the default attacks a missing preset is an error.
     """
+    known = None
     try:
         from .attacks import preset
-        base = dict(preset(dataset_name, attack_name))
+        known = dict(preset(dataset_name, attack_name))
     except Exception:
         if attack_fn is None:
             raise
-        base = {}
+    base = dict(known or {})
     base.update(settings or {})
     if eps is not None:
         base["eps"] = float(eps)
+    if is_unbounded(attack_name, known, attack_fn):
+        dropped = {k: base.pop(k) for k in _LINF_ONLY if base.get(k) is not None}
+        if dropped:
+            import warnings
+            warnings.warn(f"{attack_name} has no L-inf bound: ignoring {dropped}", stacklevel=3)
+        base["eps"] = None
     base["eps"] = None if base.get("eps") is None else float(base["eps"])
+    if attack_fn is None:
+        _check_kwargs(attack_name, base)
     return base
+
+
+def _check_kwargs(attack_name: str, settings: dict) -> None:
+    """Drops the generic settings the attack class lacks (warning); a clear error for any other
+    setting it does not take (instead of a TypeError mid-run). Edits ``settings`` in place."""
+    import inspect
+    import warnings
+
+    cls = _attack_class(attack_name)
+    if cls is None:
+        return
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = set(params) - {"self", "model"}
+    dropped = {k: settings.pop(k) for k in _GENERIC if k in settings and k not in accepted}
+    if dropped:
+        warnings.warn(f"{attack_name} has no setting(s) {sorted(dropped)}: ignoring {dropped}", stacklevel=4)
+    extra = sorted(set(settings) - accepted - {"beta"})  # beta: checked by the attack (R-* only)
+    if extra:
+        raise ValueError(f"{attack_name} does not take the setting(s) {extra}; it takes {sorted(accepted)}")
 
 
 def _as_result(res, x: Tensor):
@@ -226,8 +296,13 @@ def _predict(model, x: Tensor):
 
 
 def run_chunk(model, attack, x: Tensor, y: Tensor, index: Tensor, target: Tensor | None, *, threshold: float,
-              seed: int, chunk_id: int, device) -> dict:
-    """Attack one chunk and measure everything; returns per-example CPU tensors (EXAMPLE_FIELDS)."""
+              seed: int, chunk_id: int, device, trust_best_flag: bool = True) -> dict:
+    """Attack one chunk and measure everything with ``model`` (the target: for a transfer attack
+    ``attack`` was built on another model); returns per-example CPU tensors (EXAMPLE_FIELDS).
+
+    The attack's best iterate ``x_best`` (if any) is re-measured on ``model``; a bare
+    ``best_undetected`` flag without ``x_best`` is used only if ``trust_best_flag`` (it describes the
+    model the attack ran on, so never for transfer attacks)."""
     x, y = x.to(device), y.to(device)
     t = target.to(device) if target is not None else None
     clean_pred, clean_dist = _predict(model, x)
@@ -244,7 +319,7 @@ def run_chunk(model, attack, x: Tensor, y: Tensor, index: Tensor, target: Tensor
     if x_best is not None:  # verify the attack's best iterate with the model, never trust the flag alone
         bp, bd = _predict(model, x_best.detach().to(device))
         best |= attack_outcomes(bp, y, bd, threshold, t)[1]
-    elif best_flag is not None:
+    elif best_flag is not None and trust_best_flag:
         best |= torch.as_tensor(best_flag, device=best.device).bool()
     delta = (x_adv - x).flatten(1)
     b = x.shape[0]
@@ -338,6 +413,11 @@ def evaluate_attack(
     fpr: float | None = None,
     checkpoint: str | None = None,
     wait_s: float = 0.0,
+    source_model: torch.nn.Module | None = None,
+    source_threshold: float | None = None,
+    source_checkpoint: str | None = None,
+    source_name: str | None = None,
+    only_cached: bool = False,
 ) -> dict:
     """Attack a fixed seeded subset of ``dataset`` and write/return the result (see module doc).
 
@@ -362,6 +442,16 @@ def evaluate_attack(
         device: where to attack (default: the model's device; the model is moved there).
         progress: a tqdm bar over this rank's chunks.
         fpr: the nominal FPR the threshold was set at (recorded); ``checkpoint``: recorded, not hashed.
+        source_model: black-box transfer (paper Table 7): craft the attack on this model (a substitute
+            of the same architecture trained separately) and measure success / undetected on
+            ``model`` with ``threshold``. Its model hash (and ``source_threshold``) are part of the
+            identity and the name (``-bb<hash8>``); ``source_checkpoint`` / ``source_name`` are
+            recorded. ``source_threshold``: the source's own detection threshold, used only by the
+            attack's best-iterate bookkeeping (the iterate is then re-measured on ``model``); None
+            turns that off (best-iterate undetected = last-iterate undetected).
+        only_cached: compute nothing: return the finished result if its file exists with these
+            settings, else ``{"status": "pending", "name", "path", "settings", "settings_hash",
+            "chunks_total", "chunks_done", "stale"}`` (``stale``: a result file from other settings is there).
 
     Returns the result dict (``status == "complete"``), or, on a rank that cannot assemble yet,
     ``{"status": "incomplete", "name", "path", "chunks_total", "chunks_done", "missing_chunks"}``.
@@ -380,6 +470,9 @@ def evaluate_attack(
     if n_eff == 0:
         raise ValueError("nothing to evaluate: the dataset (or n) is empty")
     val = torch.as_tensor(val_distances).detach().flatten().double().cpu()
+    attacked = model if source_model is None else source_model
+    attack_threshold = float(threshold) if source_model is None else (
+        None if source_threshold is None else float(source_threshold))
     cfg = {
         "dataset": dataset_name, "model": model_name, "attack": attack_name, "attack_impl": _impl_name(attack_fn),
         "targeted": bool(targeted), "beta": None if beta is None else float(beta), "eps": eps,
@@ -389,9 +482,14 @@ def evaluate_attack(
         "seed": int(seed), "target_seed": int(seed) if targeted else None, "chunk_size": int(chunk_size),
         "model_hash": model_hash(model), "checkpoint": None if checkpoint is None else str(checkpoint),
     }
+    src_hash = None
+    if source_model is not None:  # only then: white-box identities (hashes of old results) unchanged
+        src_hash = model_hash(source_model)
+        cfg.update({"source_model": source_name, "source_model_hash": src_hash, "source_threshold": attack_threshold,
+                    "source_checkpoint": None if source_checkpoint is None else str(source_checkpoint)})
     cfg = _jsonable(cfg)
     shash = settings_hash(cfg)
-    name = result_name(attack_name, targeted, eps, n_eff, seed, beta)
+    name = result_name(attack_name, targeted, eps, n_eff, seed, beta, source_hash=src_hash)
     path = result_path(out_dir, dataset_name, model_name, name)
     cdir = chunk_dir(out_dir, dataset_name, model_name, name)
 
@@ -402,6 +500,10 @@ def evaluate_attack(
     chunks = [positions[i:i + chunk_size] for i in range(0, n_eff, chunk_size)]
     mine = list(range(rank, len(chunks), world_size))
     cpath = lambda c: cdir / f"chunk_{c:05d}.pt"
+    if only_cached:
+        pend = _incomplete(name, path, chunks, cpath, shash)
+        pend.update(status="pending", settings=cfg, settings_hash=shash, stale=path.is_file())
+        return pend
 
     todo = [c for c in mine if _load_chunk(cpath(c), shash, c, chunks[c]) is None]
     if todo:
@@ -417,11 +519,13 @@ def evaluate_attack(
         kw.pop("eps", None)
         if beta is not None:
             kw["beta"] = float(beta)
-        was_training = model.training
-        model.to(dev).eval()
+        modes = [(m, m.training) for m in {id(model): model, id(attacked): attacked}.values()]
+        for m, _ in modes:
+            m.to(dev).eval()
         stack = contextlib.ExitStack()
         try:
-            attack = attack_fn(attack_name, model, eps=eps, targeted=bool(targeted), threshold=float(threshold), **kw)
+            attack = attack_fn(attack_name, attacked, eps=eps, targeted=bool(targeted), threshold=attack_threshold,
+                               **kw)
             bar = _tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{model_name}/{name}",
                         disable=not progress)
             stack.callback(bar.close)
@@ -431,14 +535,15 @@ def evaluate_attack(
                 t = targets[c * chunk_size: c * chunk_size + len(pos)] if targets is not None else None
                 t0 = time.perf_counter()
                 rec = run_chunk(model, attack, x, y, idx, t, threshold=float(threshold), seed=int(seed), chunk_id=c,
-                                device=dev)
+                                device=dev, trust_best_flag=source_model is None)
                 blob = {"settings_hash": shash, "chunk": c, "positions": [int(p) for p in pos], "records": rec,
                         "wall_time_s": time.perf_counter() - t0, "device": str(dev)}
                 _atomic_write_bytes(cpath(c), lambda f, b=blob: torch.save(b, f))
                 bar.update(1)
         finally:
             stack.close()
-            model.train(was_training)
+            for m, mode in modes:
+                m.train(mode)
 
     ddp = _dist_group(world_size)
     if ddp:

@@ -73,3 +73,34 @@ def plot_distance_histograms(clean, adv: dict, threshold: float | None, path, ti
         ax.set_title(title)
     ax.legend(frameon=False, fontsize=8)
     return _save(fig, path)
+
+
+def plot_rates_vs_beta(success: dict, undetected: dict, path, title: str = "") -> Path:
+    """Success rate (a) and undetected rate (b), in %, against the R-* attacks' beta, one line per
+    label (the paper's Fig. 9). ``success`` / ``undetected``: label -> (betas, rates) or
+    (betas, rates, ci_lo, ci_hi), rates and interval bounds as fractions; the intervals are drawn
+    as shaded bands."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
+    for ax, series, name in ((axes[0], success, "Success Rate (%)"), (axes[1], undetected, "Undetected Rate (%)")):
+        for label, vals in series.items():
+            b = _np(vals[0])
+            order = np.argsort(b)
+            line, = ax.plot(b[order], 100 * _np(vals[1])[order], marker="o", ms=3.5, lw=1.8, label=str(label))
+            if len(vals) >= 4 and len(b):
+                ax.fill_between(b[order], 100 * _np(vals[2])[order], 100 * _np(vals[3])[order],
+                                color=line.get_color(), alpha=0.15, lw=0)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel(r"$\beta$")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("(a)")
+    axes[1].set_title("(b)")
+    if undetected or success:
+        axes[1 if undetected else 0].legend(frameon=False, fontsize=8)
+    else:
+        for ax in axes:
+            ax.text(0.5, 50, "pending", ha="center", va="center", color="grey")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

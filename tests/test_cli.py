@@ -34,3 +34,15 @@ def test_bad_inputs_name_the_fix():
 
     with pytest.raises(ValueError, match="capsnet"):
         build_model("resnet")
+
+
+def test_bench_runs_and_writes_tables(tmp_path):
+    """Not a timing test: the benchmark runs end to end and prints both tables."""
+    from lit_caps.cli import main
+
+    out = tmp_path / "bench.md"
+    assert main(["bench", "--archs", "mnist", "--models", "cnn_r", "--steps", "1", "--attack-steps", "1",
+                 "--devices", "cpu", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| cpu | mnist | cnn_r | 2167400 | 128 |" in text
+    assert "torchattacks_pgd" in text and "| cnn_r | r_pgd |" in text

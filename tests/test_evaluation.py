@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -56,21 +57,19 @@ class Indexed(Dataset):
         return self.x[i], int(self.y[i]), i
 
 
-@pytest.fixture(scope="module")
-def tiny(data_root):
-    """A small CNN+CR (a few seconds of training): (model, val_distances, threshold)."""
+def _train_tiny(data_root, seed: int = 0):
     from torchvision.datasets import MNIST
 
     from lit_caps.models import build_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     ds = MNIST(str(data_root), train=True, download=False)
     x = ds.data[:5000].float().div(255).unsqueeze(1)
     y = ds.targets[:5000].long()
     model = build_model("cnn_cr", image_shape=(1, 28, 28), conv_channels=4, conv_kernel=9, primary_dim=4,
                         primary_kernel=9, capsule_layers=[[8, 8]], class_dim=4, decoder_hidden=(64,))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     for _ in range(120):
         i = torch.randint(0, 4000, (64,), generator=g)
         out = model(x[i])
@@ -83,6 +82,18 @@ def tiny(data_root):
     with torch.no_grad():
         val = model.distance(x[4000:])
     return model, val, threshold_at_fpr(val, 0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny(data_root):
+    """A small CNN+CR (a few seconds of training): (model, val_distances, threshold)."""
+    return _train_tiny(data_root, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_other(data_root):
+    """The same architecture trained with another seed: a black-box substitute of ``tiny``."""
+    return _train_tiny(data_root, 1)
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +263,83 @@ def test_with_the_attacks_package(tiny, dataset, tmp_path):
                          settings={"steps": 10, "binary_search_steps": 1, "initial_const": 1.0}, progress=False)
     assert cw["name"] == "cw-untargeted-epsnone-n10-s0" and cw["settings"]["eps"] is None
     assert cw["summary"]["linf_violations"] is None
+
+
+def test_cw_with_linf_settings_given(tiny, dataset, tmp_path):
+    """`lit-caps evaluate --attacks pgd cw --eps 0.2 --step-size 0.01`: CW (no L-inf bound) ignores
+    eps / step_size instead of failing; its result is named and hashed as without them."""
+    kw = dict(dataset_name="mnist", model_name="tiny", n=10, threshold=tiny[2], val_distances=tiny[1],
+              out_dir=tmp_path, chunk_size=10, progress=False)
+    cw_settings = {"steps": 10, "binary_search_steps": 2, "initial_const": 1.0}
+    with pytest.warns(UserWarning, match="no L-inf bound"):
+        r = evaluate_attack(tiny[0], dataset, "cw", targeted=True, eps=0.2,
+                            settings=dict(cw_settings, step_size=0.01), **kw)
+    assert r["status"] == "complete" and r["name"] == "cw-targeted-epsnone-n10-s0"
+    s = r["settings"]
+    assert s["eps"] is None and "step_size" not in s["attack_settings"]
+    assert s["attack_settings"]["steps"] == 10 and s["attack_settings"]["binary_search_steps"] == 2
+    assert r["summary"]["linf_violations"] is None
+    assert 0 <= r["summary"]["undetected_rate"] <= r["summary"]["best_undetected_rate"] <= r["summary"]["success_rate"]
+    assert all(it <= 20 for it in r["examples"]["iterations"])
+    # the same attack without the ignored settings is the same result (cached, not recomputed)
+    mtime = Path(r["path"]).stat().st_mtime_ns
+    again = evaluate_attack(tiny[0], dataset, "cw", targeted=True, eps=None, settings=cw_settings, **kw)
+    assert again["settings_hash"] == r["settings_hash"] and Path(r["path"]).stat().st_mtime_ns == mtime
+    # FGSM has no `steps` (one step): dropped with a warning; an unknown setting is a clear error
+    with pytest.warns(UserWarning, match="steps"):
+        f = evaluate_attack(tiny[0], dataset, "fgsm", targeted=False, eps=None, settings={"steps": 7}, **kw)
+    assert f["settings"]["attack_settings"] == {"eps": 0.3, "step_size": 0.05}
+    with pytest.raises(ValueError, match="does not take"):
+        evaluate_attack(tiny[0], dataset, "pgd", targeted=False, eps=None, settings={"stepz": 7}, **kw)
+
+
+def test_black_box_transfer(tiny, tiny_other, dataset, tmp_path):
+    """Crafted on a source model, measured on the target: source == target reproduces the
+    white-box numbers; another source gives other outcomes; the source is part of the identity."""
+    model, val, thr = tiny
+    kw = dict(n=20, chunk_size=10, attack_fn=None, settings={"steps": 5, "step_size": 0.05}, targeted=True,
+              attack="r_pgd", beta=0.7)
+    wb = run(tiny, dataset, tmp_path, **kw)
+    same = run(tiny, dataset, tmp_path, source_model=model, source_threshold=thr, source_checkpoint="a/last.ckpt",
+               source_name="cnn_cr", **kw)
+    assert same["name"] == wb["name"] + f"-bb{model_hash(model)[:8]}"
+    assert same["settings_hash"] != wb["settings_hash"] and Path(same["path"]).is_file()
+    assert same["examples"] == wb["examples"] and same["summary"] == wb["summary"]
+    s = same["settings"]
+    assert (s["source_model_hash"], s["source_threshold"], s["source_checkpoint"], s["source_model"]) == \
+        (model_hash(model), thr, "a/last.ckpt", "cnn_cr")
+    assert "source_model_hash" not in wb["settings"]  # white-box identities unchanged
+    # another source (same architecture, other seed): other adversarial examples, same clean side
+    src, _, src_thr = tiny_other
+    bb = run(tiny, dataset, tmp_path, source_model=src, source_threshold=src_thr, **kw)
+    assert bb["name"].endswith(f"-bb{model_hash(src)[:8]}") and bb["name"] != same["name"]
+    assert bb["settings"]["threshold"] == thr and bb["settings"]["source_threshold"] == src_thr
+    assert bb["settings"]["model_hash"] == model_hash(model)  # measured on the target
+    for k in ("index", "y", "target", "clean_pred", "clean_dist"):
+        assert bb["examples"][k] == wb["examples"][k], k
+    assert bb["examples"]["adv_dist"] != wb["examples"]["adv_dist"]
+    # the outcomes are the target's: re-measure the transferred examples' rates from their records
+    ex = bb["examples"]
+    ref = detection_rates(torch.tensor(ex["adv_pred"]), torch.tensor(ex["y"]), torch.tensor(ex["adv_dist"]), thr,
+                          torch.tensor(ex["target"]))
+    assert bb["summary"]["success_rate"] == pytest.approx(ref["success_rate"])
+    assert bb["summary"]["undetected_rate"] == pytest.approx(ref["undetected_rate"])
+    # the checkpoint path is recorded, not hashed; the source threshold is hashed
+    mtime = Path(bb["path"]).stat().st_mtime_ns
+    again = run(tiny, dataset, tmp_path, source_model=src, source_threshold=src_thr, source_checkpoint="copy.ckpt",
+                **kw)
+    assert again["settings_hash"] == bb["settings_hash"] and Path(bb["path"]).stat().st_mtime_ns == mtime
+    nothr = run(tiny, dataset, tmp_path, source_model=src, source_threshold=None, **kw)
+    assert nothr["settings_hash"] != bb["settings_hash"] and nothr["name"] == bb["name"]
+    assert nothr["examples"]["best_undetected"] == nothr["examples"]["undetected"]  # no best-iterate tracking
+    assert nothr["examples"]["adv_dist"] == bb["examples"]["adv_dist"]  # the threshold changes only the bookkeeping
+
+
+def test_only_cached_reports_pending(tiny, dataset, tmp_path):
+    r = run(tiny, dataset, tmp_path, only_cached=True)
+    assert r["status"] == "pending" and r["chunks_done"] == 0 and r["chunks_total"] == 3 and not r["stale"]
+    assert CALLS["n"] == 0 and not Path(r["path"]).exists() and r["settings"]["n"] == N
+    done = run(tiny, dataset, tmp_path)
+    assert run(tiny, dataset, tmp_path, only_cached=True) == done
+    other = run(tiny, dataset, tmp_path, only_cached=True, threshold=float(tiny[1].min()))
+    assert other["status"] == "pending" and other["stale"] and other["path"] == done["path"]
