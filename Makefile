@@ -21,7 +21,10 @@ help:
 	@echo "make train MODEL=capsnet DATA=mnist [SEED=0] [ARGS='train.max_epochs=5']"
 	@echo "make train-paper-models the three models on MNIST and Fashion-MNIST (default configs)"
 	@echo "make reproduce-table4   clean test error of the trained models beside the paper's Table 4"
-	@echo "make bench              training/forward throughput of each model and config"
+	@echo "make reproduce-table1 [SCALE=quick|paper|smoke] [DATA=mnist]   FGSM/BIM/PGD/CW (Table 1/5) -> reports/"
+	@echo "make reproduce-table6-beta [SCALE=...] [DATA=...]             R-PGD over beta (Fig. 9, Table 3/6) -> reports/"
+	@echo "make reproduce-table7 [SCALE=...]     black-box PGD/R-PGD from a seed-1 substitute (Table 7) -> reports/"
+	@echo "make bench              training/forward throughput of each model and config, attack throughput"
 	@echo "data root: LIT_CAPS_DATA=$(LIT_CAPS_DATA)"
 
 $(PY):

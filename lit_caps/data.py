@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .io import atomic_write
+
 DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10", "mnist_c")
 IMAGE_SHAPES = {
     "mnist": (1, 28, 28),
@@ -223,10 +225,7 @@ class CapsDataModule(L.LightningDataModule):
             return torch.from_numpy(np.load(path)).unsqueeze(1)
         out = corruptions.corrupt_images(images[:, 0].numpy(), name, seed=self.hparams.corruption_seed,
                                          progress=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, out)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.save(f, out))
         return torch.from_numpy(out).unsqueeze(1)
 
     def setup(self, stage: str | None = None) -> None:

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import io
 from .detection import (attack_outcomes, roc_auc, threshold_at_fpr, undetected_vs_fpr,  # noqa: F401
                         wilson_interval)
 
@@ -137,23 +138,8 @@ def _jsonable(v: Any) -> Any:
     return repr(v)
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_json_atomic(path, obj: dict) -> None:
-    data = json.dumps(_jsonable(obj), indent=1).encode()
-    _atomic_write_bytes(Path(path), lambda f: f.write(data))
+    io.write_json_atomic(path, _jsonable(obj), indent=1, sort_keys=False, default=None)
 
 
 def load_result(path) -> dict:
@@ -538,7 +524,7 @@ def evaluate_attack(
                                 device=dev, trust_best_flag=source_model is None)
                 blob = {"settings_hash": shash, "chunk": c, "positions": [int(p) for p in pos], "records": rec,
                         "wall_time_s": time.perf_counter() - t0, "device": str(dev)}
-                _atomic_write_bytes(cpath(c), lambda f, b=blob: torch.save(b, f))
+                io.atomic_write(cpath(c), lambda f, b=blob: torch.save(b, f))
                 bar.update(1)
         finally:
             stack.close()

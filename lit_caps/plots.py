@@ -2,7 +2,6 @@
 histograms of clean vs adversarial reconstruction distances (Fig. 1b)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .io import atomic_write  # noqa: E402
 
 
 def _np(v) -> np.ndarray:
@@ -19,13 +20,10 @@ def _np(v) -> np.ndarray:
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix or '.png'}")
-    fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=150, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
 
 
 def plot_undetected_vs_fpr(curves: dict, path, title: str = "") -> Path:

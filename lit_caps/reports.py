@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .io import write_text_atomic
 from .models import PAPER_NAMES
 
 DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10"}
@@ -20,10 +21,7 @@ def paper_table(name: str) -> pd.DataFrame:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def collect_summaries(runs: str | Path) -> list[dict]:

@@ -8,21 +8,13 @@ an interruption resumes from ``last.ckpt``; after completion it reuses the finis
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import yaml
 
 from .config import config_hash, config_key, run_dir_for
+from .io import write_json_atomic
 from .logging import make_loggers
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def _trainer_kwargs(t: dict) -> dict:
