@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from .io import write_text_atomic
 from .models import PAPER_NAMES
@@ -57,13 +58,18 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
                 continue
             for s in mine:
                 err = 100 * s["test_error"]
+                cfg = yaml.safe_load((Path(s["run_dir"]) / "config.yaml").read_text()) \
+                    if (Path(s["run_dir"]) / "config.yaml").is_file() else {}
+                tr, da = cfg.get("train", {}), cfg.get("data", {})
+                recipe = (f"Adam {tr.get('lr')} x{tr.get('lr_decay')}/epoch, batch {da.get('batch_size')}, "
+                          f"shift {da.get('shift')}px") if cfg else ""
                 rows.append({
                     "dataset": ds, "model": model, "error_pct": round(err, 2), "paper_error_pct": ref,
                     "diff_pct": None if ref is None else round(err - ref, 2), "epochs": s["epochs"],
                     "train_wall": _hms(s["train_wall_s"]), "train_wall_s": s["train_wall_s"], "seed": s["seed"],
                     "arch": s["arch"], "config_hash": s["config_hash"], "params": s["parameters"],
                     "test_size": s.get("test_size"), "threshold_5pct_fpr": round(s["threshold"], 4),
-                    "device": s.get("device"), "run_dir": s["run_dir"], "note": "",
+                    "device": s.get("device"), "run_dir": s["run_dir"], "recipe": recipe, "note": "",
                 })
     df = pd.DataFrame(rows)
     out = Path(out)
@@ -76,18 +82,18 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
         "The paper's numbers are from its Table 4. Threshold: 95th percentile of the reconstruction "
         "distance on the 5,000 held-out validation images (5% FPR), stored with each checkpoint.",
         "",
-        "| dataset | model | ours | paper | ours - paper | epochs | train wall time | seed | config | parameters | threshold |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | model | ours | paper | ours - paper | epochs | train wall time | seed | config | recipe | parameters | threshold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = PAPER_NAMES[r["model"]]
         if r["error_pct"] is None:
-            lines.append(f"| {DATASET_NAMES[r['dataset']]} | {name} | - | {r['paper_error_pct']} | - | | | | | | {r['note']} |")
+            lines.append(f"| {DATASET_NAMES[r['dataset']]} | {name} | - | {r['paper_error_pct']} | - | | | | | | | {r['note']} |")
             continue
         lines.append(
             f"| {DATASET_NAMES[r['dataset']]} | {name} | {r['error_pct']:.2f} | {r['paper_error_pct']} | "
             f"{r['diff_pct']:+.2f} | {r['epochs']} | {r['train_wall']} | {r['seed']} | "
-            f"`{r['arch']}` ({r['config_hash']}) | {r['params']:,} | {r['threshold_5pct_fpr']} |")
+            f"`{r['arch']}` ({r['config_hash']}) | {r['recipe']} | {r['params']:,} | {r['threshold_5pct_fpr']} |")
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; "
               "wall time is the training loop's (validation included), accumulated across resumes."]
     write_atomic(out / "clean_error.md", "\n".join(lines) + "\n")

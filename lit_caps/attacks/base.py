@@ -31,6 +31,7 @@ created inside the loop) would be inference tensors, which autograd refuses to s
 """
 from __future__ import annotations
 
+import abc
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ class BestIterateTracker:
         return self.found.clone(), torch.where(mask, self.x_best, x_last.detach())
 
 
-class Attack:
+class Attack(abc.ABC):
     """Base class. Subclasses implement ``_attack(x, y, target) -> AttackResult``.
 
     Args:
@@ -194,8 +195,9 @@ class Attack:
             target = None if target is None else target.detach().clone().long()
             return self._attack(x, y, target)
 
-    def _attack(self, x: Tensor, y: Tensor, target: Tensor | None) -> AttackResult:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _attack(self, x: Tensor, y: Tensor, target: Tensor | None) -> AttackResult:
+        """The attack proper, on fresh tensors inside :func:`attack_context`."""
 
     def _tracker(self, x: Tensor, y: Tensor, target: Tensor | None) -> BestIterateTracker | None:
         if self.threshold is None:
@@ -252,8 +254,9 @@ class LinfIterativeAttack(Attack):
             x_next = xr.detach() + step * g.sign()
         return project_linf(x_next, x, self.eps), _detached(out)
 
-    def _iterate(self, x, x_adv, y, target):  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _iterate(self, x, x_adv, y, target):
+        """One iteration: ``(x_next, detached output on x_adv)``."""
 
     def _attack(self, x, y, target):
         tracker = self._tracker(x, y, target)
