@@ -33,6 +33,7 @@ def test_clean_error_report(tmp_path):
     assert sv.error_pct.isna().all() and sv.note.str.contains("SVHN is not available").all()
     md = (tmp_path / "reports" / "clean_error.md").read_text()
     assert "| MNIST | CapsNet | 0.71 | 0.6 | +0.11 | 30 |" in md and "| Fashion-MNIST | CNN+R | - | 9.3 |" in md
+    assert caps.default_config == False  # the fake summary has another config hash
 
 
 def test_paper_tables_are_packaged():
