@@ -309,6 +309,14 @@ def _rates_text(s: dict) -> str:
             f"(best iterate {100 * s['best_undetected_rate']:.1f}%)")
 
 
+def _run_and_report(tag: str, cells: list[Cell], runs: dict, dataset: str, sc: dict, report, where, **kw):
+    """Fill the cells (rewriting the report after each), write the final report, say where it is."""
+    _run_cells(tag, cells, runs, dataset, sc, on_update=report, **kw)
+    df = report()
+    print(f"[{tag}] report: {where}", flush=True)
+    return df
+
+
 def _run_cells(tag: str, cells: list[Cell], runs: dict, dataset: str, sc: dict, *, attack_seed, out_dir, device,
                only_report, progress, sources: dict | None = None, on_update=None) -> None:
     """Fill every cell's result (computing the missing ones unless only_report), printing a line each."""
@@ -575,12 +583,9 @@ def table1(dataset: str = "mnist", scale: str = "quick", runs_root: str | os.Pat
         md += _footer(rows, device)
         return _write(report_dir, f"table1_{dataset}_{scale}", rows, md)
 
-    _run_cells(tag, cells, runs, dataset, sc, attack_seed=attack_seed, out_dir=results_dir(out_dir, scale),
-               device=device,
-               only_report=only_report, progress=progress, on_update=report)
-    df = report()
-    print(f"[{tag}] report: {Path(report_dir) / f'table1_{dataset}_{scale}.md'}", flush=True)
-    return df
+    return _run_and_report(tag, cells, runs, dataset, sc, report, Path(report_dir) / f"table1_{dataset}_{scale}.md",
+                           attack_seed=attack_seed, out_dir=results_dir(out_dir, scale), device=device,
+                           only_report=only_report, progress=progress)
 
 
 # -- R-PGD over beta (Fig. 9, Table 3 / Table 6, Fig. 2) ------------------------------------------------
@@ -694,12 +699,9 @@ def rpgd_beta_grid(dataset: str = "mnist", scale: str = "quick", runs_root: str 
         plot_rates_vs_beta(succ, und, fig9, f"{kind.capitalize()} R-PGD on {name} ({scale})")
         plot_undetected_vs_fpr(curves, fig2, f"{name}: worst-case {kind} R-PGD ({scale})")
 
-    _run_cells(tag, cells, runs, dataset, sc, attack_seed=attack_seed, out_dir=results_dir(out_dir, scale),
-               device=device,
-               only_report=only_report, progress=progress, on_update=report)
-    df = report()
-    print(f"[{tag}] report: {Path(report_dir) / f'{stem}.md'}; figures: {fig9}, {fig2}", flush=True)
-    return df
+    return _run_and_report(tag, cells, runs, dataset, sc, report, f"{Path(report_dir) / f'{stem}.md'}; figures: {fig9}, {fig2}",
+                           attack_seed=attack_seed, out_dir=results_dir(out_dir, scale), device=device,
+                           only_report=only_report, progress=progress)
 
 
 # -- table 7: black-box transfer ------------------------------------------------------------------------
@@ -781,12 +783,9 @@ def table7(dataset: str = "mnist", scale: str = "quick", runs_root: str | os.Pat
         md += _footer(rows, device)
         return _write(report_dir, stem, main + rows, md)
 
-    _run_cells(tag, cells, runs, dataset, sc, attack_seed=attack_seed, out_dir=results_dir(out_dir, scale),
-               device=device,
-               only_report=only_report, progress=progress, sources=sources, on_update=report)
-    df = report()
-    print(f"[{tag}] report: {Path(report_dir) / f'{stem}.md'}", flush=True)
-    return df
+    return _run_and_report(tag, cells, runs, dataset, sc, report, Path(report_dir) / f"{stem}.md",
+                           attack_seed=attack_seed, out_dir=results_dir(out_dir, scale), device=device,
+                           only_report=only_report, progress=progress, sources=sources)
 
 
 TABLES = {"table1": table1, "rpgd-beta": rpgd_beta_grid, "table7": table7}
