@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from . import io
+from .attacks import random_targets
 from .detection import (attack_outcomes, roc_auc, threshold_at_fpr, undetected_vs_fpr,  # noqa: F401
                         wilson_interval)
 
@@ -154,15 +155,6 @@ def subset_positions(size: int, n: int | None, seed: int) -> np.ndarray:
     if n is None or n >= size:
         return np.arange(size)
     return np.sort(np.random.default_rng(seed).permutation(size)[:n])
-
-
-def _random_targets(y: Tensor, num_classes: int, generator: torch.Generator) -> Tensor:
-    try:
-        from .attacks import random_targets
-    except ImportError:  # attacks package not there yet: the same rule, uniform over the other classes
-        off = torch.randint(1, num_classes, y.shape, generator=generator)
-        return (y + off) % num_classes
-    return random_targets(y, num_classes, generator)
 
 
 def chunk_seed(seed: int, chunk_id: int) -> int:
@@ -498,7 +490,7 @@ def evaluate_attack(
         if targeted:
             ys = torch.tensor([int(dataset[int(p)][1]) for p in positions], dtype=torch.long)
             num_classes = int(getattr(model, "num_classes", 10))
-            targets = _random_targets(ys, num_classes, torch.Generator().manual_seed(int(seed))).long().cpu()
+            targets = random_targets(ys, num_classes, torch.Generator().manual_seed(int(seed))).long().cpu()
         if attack_fn is None:
             from .attacks import build_attack as attack_fn  # noqa: N806 (lazy: no import-time dependency)
         kw = dict(attack_settings)

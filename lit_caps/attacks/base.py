@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..detection import attack_success
 from ..models.base import ModelOutput
 
 
@@ -63,15 +64,8 @@ class AttackResult:
     iterations: int
 
 
-def success_mask(pred: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
-    """``[B]`` bool: ``pred == target`` (targeted) or ``pred != y`` (untargeted).
-
-    A targeted attack that only makes the model wrong (``pred != y`` but ``pred != target``) has
-    not succeeded (Section 4.3, S_t counts hits of the target).
-    """
-    if target is not None:
-        return pred == target
-    return pred != y
+#: Attack success (Section 4.3): the detection module's definition, the one both sides use.
+success_mask = attack_success
 
 
 def random_targets(y: Tensor, num_classes: int = 10, generator: torch.Generator | None = None) -> Tensor:
