@@ -1,5 +1,6 @@
 # lit_caps: the commands users run. `make help` lists them.
 SHELL := /bin/bash
+comma := ,
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,6 +25,10 @@ help:
 	@echo "make reproduce-table1 [SCALE=quick|paper|smoke] [DATA=mnist]   FGSM/BIM/PGD/CW (Table 1/5) -> reports/"
 	@echo "make reproduce-table6-beta [SCALE=...] [DATA=...]             R-PGD over beta (Fig. 9, Table 3/6) -> reports/"
 	@echo "make reproduce-table7 [SCALE=...]     black-box PGD/R-PGD from a seed-1 substitute (Table 7) -> reports/"
+	@echo "make reproduce-table3 [SCALE=quick|paper|smoke] [DATASETS='mnist fashion_mnist svhn']  Table 3 (R-PGD worst case over beta)"
+	@echo "make reproduce-table6 [SCALE=...] [DATASETS=...]   Table 6 (R-FGSM, R-BIM, R-PGD worst case over beta)"
+	@echo "make sweep-agents GPUS=0,1 SWEEP=<wandb id | sweeps/<file>.yaml>   one W&B (or local) sweep agent per GPU"
+	@echo "make reproduce-fig1 [SCALE=...] [DATA=mnist]  Fig. 1 distance histograms -> reports/figures/"
 	@echo "make bench              training/forward throughput of each model and config, attack throughput"
 	@echo "data root: LIT_CAPS_DATA=$(LIT_CAPS_DATA)"
 
@@ -62,7 +67,31 @@ bench: $(PY)
 # the report from the result files that exist. The models come from `make train` / train-paper-models
 # (table7 also needs SEED=1 runs: `make train MODEL=<m> SEED=1`).
 SCALE ?= quick
-.PHONY: reproduce-table1 reproduce-table6-beta reproduce-table7
+DATASETS ?= mnist fashion_mnist svhn
+.PHONY: reproduce-table1 reproduce-table3 reproduce-table6 reproduce-table6-beta reproduce-table7 sweep-agents
+
+# Table 3 (the headline): trains or reuses the three models per dataset, R-PGD over the beta grid +
+# refinement, worst case per cell -> reports/table3_<scale>.{md,csv} (reports/table3.* at SCALE=paper)
+reproduce-table3: $(PY)
+	$(VENV)/bin/lit-caps reproduce table3 --scale $(SCALE) --data $(DATASETS) $(ARGS)
+
+reproduce-table6: $(PY)
+	$(VENV)/bin/lit-caps reproduce table6 --scale $(SCALE) --data $(DATASETS) $(ARGS)
+
+# One sweep agent per GPU. SWEEP = a W&B sweep id (entity/project/id from `wandb sweep sweeps/<f>.yaml`)
+# or a sweep YAML file (no W&B server: local agents, each taking every k-th run of the YAML's list).
+GPUS ?= 0
+SWEEP ?=
+sweep-agents: $(PY)
+	@test -n "$(SWEEP)" || { echo "usage: make sweep-agents GPUS=0,1 SWEEP=<wandb sweep id | sweeps/<file>.yaml>"; exit 2; }
+	@mkdir -p runs/logs; gpus="$(subst $(comma), ,$(GPUS))"; n=$$(echo $$gpus | wc -w); i=0; \
+	for g in $$gpus; do \
+	  log=runs/logs/sweep-agent-gpu$$g.log; \
+	  if [ -f "$(SWEEP)" ]; then cmd="$(VENV)/bin/lit-caps sweep local $(SWEEP) --shard $$i/$$n"; \
+	  else cmd="$(VENV)/bin/wandb agent $(SWEEP)"; fi; \
+	  echo "GPU $$g: $$cmd  (log: $$log)"; \
+	  PATH="$(abspath $(VENV))/bin:$$PATH" CUDA_VISIBLE_DEVICES=$$g $$cmd > $$log 2>&1 & i=$$((i+1)); \
+	done; wait
 
 reproduce-table1: $(PY)
 	$(VENV)/bin/lit-caps reproduce table1 --data $(DATA) --scale $(SCALE) $(ARGS)
@@ -72,3 +101,8 @@ reproduce-table6-beta: $(PY)
 
 reproduce-table7: $(PY)
 	$(VENV)/bin/lit-caps reproduce table7 --data $(DATA) --scale $(SCALE) $(ARGS)
+
+# Fig. 1: distances from the correct vs the other capsules, clean vs PGD (reads/completes Table 1's PGD cells)
+.PHONY: reproduce-fig1
+reproduce-fig1: $(PY)
+	$(VENV)/bin/lit-caps reproduce fig1 --data $(DATA) --scale $(SCALE) $(ARGS)

@@ -3,8 +3,10 @@
     lit-caps fit --model capsnet --data mnist [--arch mnist] [--train default] [--seed 0] [key.sub=value ...]
     lit-caps bench [--models ...] [--archs ...]
     lit-caps report clean-error [--runs runs] [--out reports]
-    lit-caps reproduce table1|rpgd-beta|table7 --data mnist --scale quick [--only-report] [--runs runs]
-                       [--out results] [--reports reports]
+    lit-caps reproduce table1|rpgd-beta|table3|table6|table7 --data mnist [fashion_mnist ...] --scale quick
+                       [--only-report] [--runs runs] [--out results] [--reports reports]
+    lit-caps attack --data mnist --model capsnet --attack r_pgd --targeted true --beta 0.45 --scale quick
+    lit-caps sweep local|expand|collect sweeps/<file>.yaml   (W&B sweep YAML without a W&B server)
 """
 from __future__ import annotations
 
@@ -102,25 +104,73 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _bool(v) -> bool:
+    """true/false as W&B sweeps pass them (``--targeted=True``) and as people type them."""
+    if isinstance(v, bool):
+        return v
+    t = str(v).strip().lower()
+    if t in ("1", "true", "yes", "y", "t"):
+        return True
+    if t in ("0", "false", "no", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+
+
 def cmd_reproduce(args) -> int:
     import torch
 
-    from . import experiments
+    from . import experiments, worst_case
 
     if args.threads:
         torch.set_num_threads(args.threads)
     kw = dict(runs_root=args.runs, out_dir=args.out, report_dir=args.reports, models=tuple(args.models),
               seed=args.seed, only_report=args.only_report, attack_seed=args.attack_seed, device=args.device,
               data_root=args.data_root, progress=args.progress)
-    if args.what == "rpgd-beta":
-        kw.update(betas=args.betas, targeted={"both": (True, False), "true": (True,), "false": (False,)}[args.targeted])
-    elif args.what == "table7":
-        kw.update(betas=args.betas, source_seed=args.source_seed)
     try:
-        experiments.TABLES[args.what](args.data, args.scale, **kw)
+        if args.what in ("table3", "table6"):
+            datasets = tuple(args.data or worst_case.TABLE3_DATASETS)
+            fn = worst_case.table3 if args.what == "table3" else worst_case.table6
+            fn(datasets, args.scale, train=not args.no_train, refine=args.refine, betas=args.betas,
+               wandb_log=not args.no_wandb, **kw)
+            return 0
+        if args.what == "fig1":
+            from .fig1 import fig1
+
+            kw.pop("only_report")
+            for d in args.data or ["mnist"]:
+                fig1(d, args.scale, train=not args.no_train, wandb_log=not args.no_wandb, **kw)
+            return 0
+        if args.what == "rpgd-beta":
+            kw.update(betas=args.betas,
+                      targeted={"both": (True, False), "true": (True,), "false": (False,)}[args.targeted])
+        elif args.what == "table7":
+            kw.update(betas=args.betas, source_seed=args.source_seed)
+        for d in args.data or ["mnist"]:
+            experiments.TABLES[args.what](d, args.scale, **kw)
     except experiments.RunNotFoundError as e:
         print(f"[lit-caps] {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_attack(args) -> int:
+    import torch
+
+    from . import experiments, worst_case
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        s = worst_case.run_cell(args.data, args.model, args.attack, args.targeted, args.beta, args.scale,
+                                seed=args.seed, attack_seed=args.attack_seed, runs_root=args.runs, out_dir=args.out,
+                                train=args.train, device=args.device, data_root=args.data_root,
+                                progress=not args.no_progress, wandb_log=not args.no_wandb)
+    except experiments.RunNotFoundError as e:
+        print(f"[lit-caps] {e}", file=sys.stderr)
+        return 2
+    print(f"[lit-caps attack] {args.data}/{args.model} {args.attack} targeted={args.targeted} beta={args.beta}: "
+          f"success_rate {s['success_rate']:.4f}, undetected_rate {s['undetected_rate']:.4f}, "
+          f"best_undetected_rate {s['best_undetected_rate']:.4f} (N={s['n']}; {s['result']})")
     return 0
 
 
@@ -174,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="table1: white-box FGSM/BIM/PGD/CW (paper Table 1/5); rpgd-beta: R-PGD over beta "
                                    "(Fig. 9, Table 3/6, Fig. 2); table7: black-box PGD/R-PGD (Table 7). Scales: smoke "
                                    "(seconds), quick (a 2-core CPU, about an hour per table), paper (Appendix C).")
-    p.add_argument("what", choices=["table1", "rpgd-beta", "table7"])
-    p.add_argument("--data", default="mnist")
+    p.add_argument("what", choices=["table1", "rpgd-beta", "table3", "table6", "table7", "fig1"])
+    p.add_argument("--data", nargs="+", default=None,
+                   help="dataset(s) (default: table3/table6 mnist fashion_mnist svhn, the others mnist)")
     p.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
     p.add_argument("--only-report", action="store_true",
                    help="compute nothing: write the report from the result files that exist (others: pending)")
@@ -193,12 +244,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-root", default=None, help="override the runs' data.root")
     p.add_argument("--progress", action="store_true", help="a progress bar over each attack's chunks")
+    p.add_argument("--refine", type=int, default=None, help="table3/table6: refinement levels around the worst "
+                   "beta (default: the scale's)")
+    p.add_argument("--no-train", action="store_true", help="table3/table6: never train; missing models are pending")
+    p.add_argument("--no-wandb", action="store_true", help="table3/table6: no W&B run for the report")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("attack", help="one attack cell at a scale's settings (what W&B sweep agents run)",
+                       description="Attack one trained model at the settings of --scale (R-attacks: Table 3's, "
+                                   "others: Table 1's); writes the result file the tables read, logs "
+                                   "success_rate/undetected_rate to W&B (offline without a key), and to "
+                                   "$LIT_CAPS_SWEEP_METRICS when set. Accepts W&B's --key=value form.")
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--model", default="capsnet")
+    p.add_argument("--attack", default="r_pgd", help="fgsm bim pgd cw r_fgsm r_bim r_pgd")
+    p.add_argument("--targeted", type=_bool, default=True)
+    p.add_argument("--beta", type=float, default=None, help="R-attacks' beta (default: the preset's 0.5)")
+    p.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the trained model")
+    p.add_argument("--attack-seed", type=int, default=0, help="seed of the test subset and the targets")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--out", default="results")
+    p.add_argument("--train", type=_bool, default=False, help="train the model if missing (default: error)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-wandb", action="store_true")
+    p.set_defaults(func=cmd_attack)
+
+    from .sweeps import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "sweep":
+        try:
+            return args.func(args)
+        except ValueError as e:  # a malformed or unsupported sweep YAML: the message says what to change
+            print(f"[lit-caps sweep] {e}", file=sys.stderr)
+            return 2
     return args.func(args)
 
 

@@ -92,6 +92,7 @@ def config_key(cfg: dict) -> dict:
     c = copy.deepcopy(cfg)
     c.pop("logger", None)
     c.pop("train_profile", None)
+    c.pop("progress_bar", None)
     for group, keys in VOLATILE.items():
         for k in keys:
             c.get(group, {}).pop(k, None)

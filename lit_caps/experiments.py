@@ -65,6 +65,8 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
                    "cw": {"steps": 3, "binary_search_steps": 1, "initial_const": 1.0}},
         "rpgd_beta": {"n": 20, "chunk_size": 10, "steps": 3, "betas": (0.0, 0.5, 1.0)},
         "table7": {"n": 20, "chunk_size": 10, "steps": 3, "betas": (0.5,)},
+        "table3": {"n": 20, "chunk_size": 10, "steps": 3, "betas": (0.0, 1.0), "refine": 1, "train": "smoke",
+                   "train_overrides": []},
     },
     "quick": {
         # CW: with only 100 Adam steps at C&W's lr 0.01, pixels at 0 or 1 (most of an MNIST digit; tanh
@@ -74,11 +76,16 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
                    "cw": {"steps": 100, "binary_search_steps": 4, "initial_const": 1.0, "lr": 0.05}},
         "rpgd_beta": {"n": 200, "chunk_size": 100, "steps": 100, "betas": BETAS},
         "table7": {"n": 500, "chunk_size": 100, "steps": 100, "betas": (0.25, 0.5, 0.75)},
+        # the rpgd_beta cells (same N, iterations, chunks: the same result files) + 2 refinement levels
+        "table3": {"n": 200, "chunk_size": 100, "steps": 100, "betas": BETAS, "refine": 2, "train": "default",
+                   "train_overrides": []},
     },
     "paper": {
         "table1": {"n": 1000, "chunk_size": 100, "steps": None, "cw": None},
         "rpgd_beta": {"n": 1000, "chunk_size": 100, "steps": None, "betas": BETAS},
         "table7": {"n": 1000, "chunk_size": 100, "steps": None, "betas": BETAS},
+        "table3": {"n": 1000, "chunk_size": 100, "steps": None, "betas": BETAS, "refine": 2, "train": "default",
+                   "train_overrides": []},
     },
 }
 
@@ -224,7 +231,7 @@ def reductions(dataset: str, scale: str, table: str, betas=None) -> list[str]:
     if sc["n"] != paper["n"]:
         out.append(f"N = {sc['n']} test images (paper scale: {paper['n']})")
     it, full = _iterations(dataset, sc.get("steps")), ITERATIONS[dataset]
-    what = {"table1": "BIM/PGD", "rpgd_beta": "R-PGD", "table7": "PGD/R-PGD"}[table]
+    what = {"table1": "BIM/PGD", "rpgd_beta": "R-PGD", "table7": "PGD/R-PGD", "table3": "R-BIM/R-PGD"}[table]
     if it != full:
         out.append(f"{what}: {it} iterations (paper, Appendix C: {full} on {DATASET_NAMES.get(dataset, dataset)})")
     if table == "table1" and sc.get("cw"):
@@ -234,7 +241,7 @@ def reductions(dataset: str, scale: str, table: str, betas=None) -> list[str]:
                        f"c = {cw['initial_const']:g}, Adam lr {cw.get('lr', 0.01):g} (paper: {CW_SETTINGS['steps']} x "
                        f"{CW_SETTINGS['binary_search_steps']} from c = {CW_SETTINGS['initial_const']:g}, "
                        f"lr {CW_SETTINGS.get('lr', 0.01):g})")
-    if table in ("rpgd_beta", "table7"):
+    if table in ("rpgd_beta", "table7", "table3"):
         b = tuple(betas) if betas is not None else tuple(sc["betas"])
         if b != tuple(paper["betas"]):
             grid = lambda v: ", ".join(f"{x:g}" for x in v)  # noqa: E731

@@ -102,3 +102,35 @@ def plot_rates_vs_beta(success: dict, undetected: dict, path, title: str = "") -
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_fig1(panels_a: dict, panels_b: dict, path, title: str = "", bins: int = 60) -> Path:
+    """The paper's Fig. 1, one column per model: (a) distances of the reconstructions from the
+    correct class's capsule vs from the other classes' capsules (clean inputs); (b) clean inputs
+    vs successful adversarial inputs (PGD), both from the predicted class. ``panels_*``: model
+    label -> (first distances, second distances, threshold) with labels ``panels_*_labels``."""
+    labels = list(dict.fromkeys(list(panels_a) + list(panels_b)))
+    fig, axes = plt.subplots(2, len(labels), figsize=(3.6 * len(labels), 6.2), squeeze=False)
+    for col, model in enumerate(labels):
+        for row, (panels, names) in enumerate(((panels_a, ("correct capsule", "other capsules")),
+                                               (panels_b, ("clean", "PGD (successful)")))):
+            ax = axes[row][col]
+            if model not in panels:
+                ax.text(0.5, 0.5, "not applicable:\nreconstruction is not\nclass-conditional", ha="center",
+                        va="center", transform=ax.transAxes, fontsize=9)
+                ax.set_axis_off()
+                continue
+            first, second, thr = panels[model]
+            a, b = _np(first), _np(second)
+            allv = np.concatenate([a, b, [float(thr)]])
+            edges = np.linspace(float(allv.min()), float(allv.max()), bins + 1)
+            ax.hist(a, bins=edges, alpha=0.55, density=True, label=f"{names[0]} (n={a.size})")
+            ax.hist(b, bins=edges, alpha=0.55, density=True, label=f"{names[1]} (n={b.size})")
+            ax.axvline(float(thr), color="k", ls="--", lw=1.1, label="threshold (5% FPR)")
+            ax.set_title(f"({'ab'[row]}) {model}", fontsize=10)
+            ax.set_xlabel("$\\|r(x) - x\\|_2$")
+            ax.legend(frameon=False, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

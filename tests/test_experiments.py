@@ -58,13 +58,17 @@ def test_find_run(runs):
 def test_scales():
     assert set(ex.SCALES) == {"smoke", "quick", "paper"}
     for sc in ex.SCALES.values():
-        assert set(sc) == {"table1", "rpgd_beta", "table7"}
+        assert set(sc) == {"table1", "rpgd_beta", "table7", "table3"}
     p = ex.SCALES["paper"]["table1"]
     assert p["n"] == 1000 and p["steps"] is None and p["cw"] is None
     assert ex.attack_settings("mnist", "pgd", p) == {"steps": 1000}
     assert ex.attack_settings("fashion_mnist", "bim", p) == {"steps": 500}
     assert ex.attack_settings("svhn", "pgd", ex.SCALES["quick"]["table1"]) == {"steps": 200}  # capped by the paper's
     assert ex.reductions("mnist", "paper", "table1") == []
+    assert ex.reductions("mnist", "paper", "table3") == []
+    # Table 3's quick cells are the R-PGD grid's (same N, iterations, chunks -> the same result files)
+    q3, qb = ex.SCALES["quick"]["table3"], ex.SCALES["quick"]["rpgd_beta"]
+    assert all(q3[k] == qb[k] for k in ("n", "chunk_size", "steps", "betas")) and q3["refine"] == 2
     red = " ".join(ex.reductions("mnist", "quick", "table1"))
     assert "N = 500" in red and "200 iterations" in red and "1000 x 9" in red
 
