@@ -134,3 +134,113 @@ def plot_fig1(panels_a: dict, panels_b: dict, path, title: str = "", bins: int =
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_corruption_gallery(gallery: dict, path, title: str = "") -> Path:
+    """Fig. 7 / 8: one row per corruption, per model the corrupted input and its reconstruction.
+
+    ``gallery``: corruption -> model label -> (input [H,W], reconstruction [H,W], flagged, wrong,
+    predicted class, true class). Frames: red = flagged, green = misclassified and not flagged,
+    grey = correct and not flagged."""
+    rows = list(gallery)
+    models = list(dict.fromkeys(m for g in gallery.values() for m in g))
+    fig, axes = plt.subplots(len(rows), 2 * len(models), figsize=(1.25 * 2 * len(models), 1.3 * len(rows) + 0.6),
+                             squeeze=False)
+    for i, c in enumerate(rows):
+        for j, m in enumerate(models):
+            inp, rec, flagged, wrong, pred, y = gallery[c][m]
+            color = "red" if flagged else ("green" if wrong else "0.6")
+            for k, img in enumerate((inp, rec)):
+                ax = axes[i][2 * j + k]
+                ax.imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for sp in ax.spines.values():
+                    sp.set_color(color)
+                    sp.set_linewidth(2.5)
+                if i == 0:
+                    ax.set_title(f"{m}\n{'input' if k == 0 else 'recon.'}", fontsize=7)
+                if k == 1:
+                    ax.set_xlabel(f"pred {pred} (y {y})", fontsize=6, labelpad=1)
+            if j == 0:
+                axes[i][0].set_ylabel(c.replace("identity", "clean").replace("_", " "), fontsize=7)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.5 / (1.3 * len(rows) + 0.6)))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_class_pairs(mats: dict, class_names, path, title: str = "") -> Path:
+    """Fig. 4: per model a heat map of the targeted success rate per (source row, target column),
+    and the paper's box plot of the pairwise success rates per model."""
+    n = len(mats)
+    fig, axes = plt.subplots(1, n + 1, figsize=(3.9 * n + 3.2, 3.9), gridspec_kw={"width_ratios": [1] * n + [0.8]})
+    short = [c.split("/")[0][:7] for c in class_names]
+    for ax, (label, S) in zip(axes[:n], mats.items()):
+        im = ax.imshow(100 * S, vmin=0, vmax=100, cmap="viridis")
+        ax.set_xticks(range(len(short)), short, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(short)), short, fontsize=7)
+        ax.set_xlabel("target")
+        ax.set_ylabel("source")
+        ax.set_title(label, fontsize=10)
+    fig.colorbar(im, ax=axes[:n].tolist(), fraction=0.02, pad=0.01, label="success rate (%)")
+    off = ~np.eye(len(class_names), dtype=bool)
+    axb = axes[n]
+    axb.boxplot([100 * S[off] for S in mats.values()], tick_labels=list(mats), widths=0.6)
+    axb.set_ylabel("success rate per class pair (%)")
+    axb.set_ylim(-2, 102)
+    axb.tick_params(axis="x", labelsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _show(ax, img, title=""):
+    img = np.asarray(img)
+    ax.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def plot_gallery(picked: dict, path, title: str = "") -> Path:
+    """Fig. 5 / 11: one row per model, its (successful, undetected) adversarial images."""
+    cols = max([len(v) for v in picked.values()] + [1])
+    fig, axes = plt.subplots(len(picked), cols, figsize=(1.15 * cols + 0.8, 1.35 * len(picked) + 0.5), squeeze=False)
+    for i, (label, items) in enumerate(picked.items()):
+        for j in range(cols):
+            ax = axes[i][j]
+            if j < len(items):
+                _show(ax, items[j][0], items[j][1])
+            else:
+                ax.set_axis_off()
+                if j == 0:
+                    ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+        axes[i][0].set_ylabel(label, fontsize=9)
+        axes[i][0].set_axis_on()
+        axes[i][0].set_xticks([])
+        axes[i][0].set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_reconstruction_pairs(pairs: dict, path, title: str = "") -> Path:
+    """Fig. 10: per example, clean input | its reconstruction | adversarial | its reconstruction."""
+    rows = [(label, quad) for label, quads in pairs.items() for quad in quads] or [("none", None)]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(5.2, 1.35 * len(rows) + 0.5), squeeze=False)
+    heads = ("clean", "recon.", "adversarial", "recon.")
+    for i, (label, quad) in enumerate(rows):
+        for j in range(4):
+            ax = axes[i][j]
+            if quad is None:
+                ax.set_axis_off()
+                continue
+            _show(ax, quad[j], heads[j] if i == 0 else "")
+        axes[i][0].set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -205,3 +205,46 @@ def test_fig1_smoke(table):
     assert c.shape == (6,) and o.shape == (54,)
     with torch.no_grad():
         assert c == pytest.approx(model.distance(x, y).numpy(), rel=1e-5)
+
+
+def test_table2_smoke(table):
+    from lit_caps.corruptions import PAPER_CORRUPTIONS, PUBLIC_CORRUPTIONS
+    from lit_caps.table2 import table2
+
+    df, kw = table
+    t2 = table2("smoke", runs_root=kw["runs_root"], report_dir=kw["report_dir"], data_root=kw["data_root"],
+                wandb_log=False)
+    cs = {"clean"} | set(PAPER_CORRUPTIONS) | set(PUBLIC_CORRUPTIONS)
+    assert set(t2["corruption"]) == cs and len(t2) == 3 * len(cs) and (t2["n"] == 100).all()
+    assert (t2["undetected_pct"] <= t2["error_pct"]).all() and t2["flagged_pct"].between(0, 100).all()
+    clean = t2[(t2["corruption"] == "clean") & (t2["model"] == "capsnet")].iloc[0]
+    assert (clean["paper_error_pct"], clean["paper_undetected_pct"]) == (0.6, 0.2)
+    assert t2[t2["corruption"] == "stripe"]["paper_error_pct"].isna().all()  # public-only: no paper value
+    md = (Path(kw["report_dir"]) / "table2_smoke.md").read_text()
+    assert "The paper's 17 corruptions" in md and "public MNIST-C 15" in md
+    for which in ("paper17", "public15"):
+        assert (Path(kw["report_dir"]) / "figures" / f"fig7_mnist_c_{which}_smoke.png").stat().st_size > 5000
+
+
+def test_class_pairs_and_galleries_smoke(table):
+    from lit_caps.diagnosis import class_pairs, galleries
+
+    df, kw = table
+    common = dict(runs_root=kw["runs_root"], out_dir=kw["out_dir"], report_dir=kw["report_dir"],
+                  data_root=kw["data_root"], wandb_log=False)
+    f4 = class_pairs("mnist", "smoke", **common)
+    assert list(f4["model"]) == ["capsnet", "cnn_cr", "cnn_r"] and (f4["pairs"] == 90).all()
+    assert f4["spearman_success_vs_confusion"].between(-1, 1).all()
+    # the worst-case beta comes from Table 3's smoke results of the same model
+    w = _worst(df)
+    for r in f4.itertuples():
+        assert r.beta == w[(w["dataset"] == "mnist") & (w["model"] == r.model) & w["targeted"]]["beta"].iloc[0]
+    res = Path(f4["result"].iloc[0])
+    before = res.stat().st_mtime_ns
+    f4b = class_pairs("mnist", "smoke", **common)  # reused, same numbers
+    assert res.stat().st_mtime_ns == before and f4b["pairs_table"].tolist() == f4["pairs_table"].tolist()
+    g = galleries("mnist", "smoke", **common)
+    assert (g["candidates"] == 20).all() and (g["shown"] <= g["success_and_undetected"]).all()
+    for name in ("fig4_class_pairs_mnist_smoke.png", "fig5_gallery_mnist_smoke.png",
+                 "fig10_reconstructions_mnist_smoke.png"):
+        assert (Path(kw["report_dir"]) / "figures" / name).stat().st_size > 3000
