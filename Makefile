@@ -29,6 +29,10 @@ help:
 	@echo "make reproduce-table6 [SCALE=...] [DATASETS=...]   Table 6 (R-FGSM, R-BIM, R-PGD worst case over beta)"
 	@echo "make sweep-agents GPUS=0,1 SWEEP=<wandb id | sweeps/<file>.yaml>   one W&B (or local) sweep agent per GPU"
 	@echo "make reproduce-fig1 [SCALE=...] [DATA=mnist]  Fig. 1 distance histograms -> reports/figures/"
+	@echo "make reproduce-table2 [SCALE=...]   corrupted MNIST (Table 2, Fig. 7/8)"
+	@echo "make reproduce-fig3 [SCALE=...]     CIFAR-10 CapsNet variants vs R-PGD, white and black box (Fig. 3)"
+	@echo "make reproduce-fig4 [SCALE=...]     class-pair success of targeted R-PGD on Fashion-MNIST (Fig. 4)"
+	@echo "make reproduce-galleries [SCALE=...]  successful undetected R-PGD examples (Fig. 5/11, Fig. 10)"
 	@echo "make bench              training/forward throughput of each model and config, attack throughput"
 	@echo "data root: LIT_CAPS_DATA=$(LIT_CAPS_DATA)"
 
@@ -106,3 +110,17 @@ reproduce-table7: $(PY)
 .PHONY: reproduce-fig1
 reproduce-fig1: $(PY)
 	$(VENV)/bin/lit-caps reproduce fig1 --data $(DATA) --scale $(SCALE) $(ARGS)
+
+# Issue 5: corrupted MNIST (Table 2, Fig. 7/8), CIFAR-10 variants (Fig. 3), class pairs (Fig. 4), galleries (Fig. 5/10/11)
+.PHONY: reproduce-table2 reproduce-fig3 reproduce-fig4 reproduce-galleries
+reproduce-table2: $(PY)
+	$(VENV)/bin/lit-caps reproduce table2 --scale $(SCALE) $(ARGS)
+
+reproduce-fig3: $(PY)
+	$(VENV)/bin/lit-caps reproduce fig3 --scale $(SCALE) $(ARGS)
+
+reproduce-fig4: $(PY)
+	$(VENV)/bin/lit-caps reproduce fig4 --data fashion_mnist --scale $(SCALE) $(ARGS)
+
+reproduce-galleries: $(PY)
+	$(VENV)/bin/lit-caps reproduce galleries --data mnist fashion_mnist --scale $(SCALE) $(ARGS)

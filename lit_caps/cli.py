@@ -139,6 +139,13 @@ def cmd_reproduce(args) -> int:
             table2(args.scale, runs_root=args.runs, report_dir=args.reports, models=tuple(args.models), seed=args.seed,
                    data_root=args.data_root, train=not args.no_train, wandb_log=not args.no_wandb, out_dir=args.out)
             return 0
+        if args.what == "fig3":
+            from .fig3 import fig3
+
+            fig3(args.scale, runs_root=args.runs, out_dir=args.out, report_dir=args.reports, seed=args.seed,
+                 source_seed=args.source_seed, data_root=args.data_root, train=not args.no_train, device=args.device,
+                 progress=args.progress, wandb_log=not args.no_wandb)
+            return 0
         if args.what in ("fig4", "galleries"):
             from . import diagnosis
 
@@ -239,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="table1: white-box FGSM/BIM/PGD/CW (paper Table 1/5); rpgd-beta: R-PGD over beta "
                                    "(Fig. 9, Table 3/6, Fig. 2); table7: black-box PGD/R-PGD (Table 7). Scales: smoke "
                                    "(seconds), quick (a 2-core CPU, about an hour per table), paper (Appendix C).")
-    p.add_argument("what", choices=["table1", "table2", "rpgd-beta", "table3", "table6", "table7", "fig1", "fig4",
-                                     "galleries"])
+    p.add_argument("what", choices=["table1", "table2", "rpgd-beta", "table3", "table6", "table7", "fig1", "fig3",
+                                     "fig4", "galleries"])
     p.add_argument("--data", nargs="+", default=None,
                    help="dataset(s) (default: table3/table6 mnist fashion_mnist svhn, the others mnist)")
     p.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])

@@ -244,3 +244,23 @@ def plot_reconstruction_pairs(pairs: dict, path, title: str = "") -> Path:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_undetected_vs_fpr_panels(panels: dict, path, title: str = "") -> Path:
+    """Several undetected-rate-vs-FPR panels side by side (Fig. 3): panel title -> curves
+    (label -> (fprs, undetected rates), fractions)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.7), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], panels.items()):
+        for label, (fprs, rates) in curves.items():
+            ax.plot(100 * _np(fprs), 100 * _np(rates), label=str(label), lw=1.8)
+        ax.axvline(5, color="grey", ls=":", lw=1, label="FPR 5%")
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("False Positive Rate (%)")
+        ax.set_ylabel("Undetected Rate (%)")
+        ax.set_title(name, fontsize=9)
+        ax.legend(frameon=False, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -64,21 +64,28 @@ def ensure_run(dataset: str, model: str, scale: str, *, seed: int = 0, runs_root
                overrides=(), data_root: str | None = None) -> LoadedRun | str:
     """The trained model of the scale's config: reused when its run folder holds a complete run,
     trained (or resumed) when ``train``, else the ``lit-caps fit`` command that makes it (a str)."""
+    ov = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
+    return ensure_run_cfg(scale_config(dataset, model, scale, seed, ov), runs_root=runs_root, train=train,
+                          data_root=data_root, shown_overrides=overrides)
+
+
+def ensure_run_cfg(cfg: dict, *, runs_root="runs", train: bool = True, data_root: str | None = None,
+                   shown_overrides=()) -> LoadedRun | str:
+    """:func:`ensure_run` for a composed ``lit-caps fit`` config."""
     from .config import run_dir_for
     from .train import fit
 
-    ov = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
-    cfg = scale_config(dataset, model, scale, seed, ov)
     run = run_dir_for(cfg, runs_root)
     sp = run / "summary.json"
-    done = sp.is_file() and json.loads(sp.read_text()).get("complete") and \
-        json.loads(sp.read_text()).get("epochs") == cfg["train"]["max_epochs"]
+    summary = json.loads(sp.read_text()) if sp.is_file() else {}
+    done = summary.get("complete") and summary.get("epochs") == cfg["train"]["max_epochs"]
     if not done:
+        model, dataset, seed = cfg["model"], cfg["data"]["name"], cfg["seed"]
         if not train:
             prof = cfg.get("train_profile", "default")
             return (f"lit-caps fit --model {model} --data {dataset} --seed {seed}"
-                    + (f" --train {prof}" if prof != "default" else "") + "".join(f" {o}" for o in overrides))
-        print(f"[{scale}] training {model} on {dataset} (seed {seed}, train profile {cfg['train_profile']}) "
+                    + (f" --train {prof}" if prof != "default" else "") + "".join(f" {o}" for o in shown_overrides))
+        print(f"[lit-caps] training {model} on {dataset} (seed {seed}, train profile {cfg.get('train_profile')}) "
               f"-> {run}", flush=True)
         fit(cfg, runs_root=runs_root)
     s = json.loads(sp.read_text())
