@@ -46,7 +46,7 @@ def build(cfg: dict):
     arch["image_shape"] = dm.image_shape
     module = LitReconstructionClassifier(model=cfg["model"], arch=arch, lr=t["lr"], lr_decay=t.get("lr_decay", 1.0),
                                          weight_decay=t.get("weight_decay", 0.0), recon_weight=t["recon_weight"],
-                                         fpr=t.get("fpr", 0.05))
+                                         fpr=t.get("fpr", 0.05), capsule_lr_scale=t.get("capsule_lr_scale", 1.0))
     return dm, module
 
 

@@ -548,9 +548,13 @@ def _agreement(rows: list[dict], datasets, attacks) -> list[str]:
                            f"({ex._model_name(lo['model'])}), paper "
                            f"{lo_p['paper_undetected_pct'] - caps['paper_undetected_pct']:+.1f} "
                            f"({ex._model_name(lo_p['model'])}).")
+                low = min(rs, key=lambda r: r["undetected_pct"])["model"]
+                low_p = min(rs, key=lambda r: r["paper_undetected_pct"] if r["paper_undetected_pct"] is not None
+                            else float("inf"))["model"]
                 out.append(f"- {DATASET_NAMES.get(ds, ds)}, {'targeted' if t else 'untargeted'} {ex.ATTACK_NAMES[a]}: "
                            f"undetected, lowest first: ours {ours}; paper {theirs}. Same ordering: "
-                           f"{'yes' if same else 'no'}.{gap}")
+                           f"{'yes' if same else 'no'}; lowest undetected rate: ours {ex._model_name(low)}, paper "
+                           f"{ex._model_name(low_p)} ({'agree' if low == low_p else 'differ'}).{gap}")
     return out
 
 

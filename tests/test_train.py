@@ -129,3 +129,22 @@ def test_resume_after_kill_9(data_root, tmp_path):
     assert s["complete"] and s["epochs"] == 2 and s["global_step"] == 120
     metrics = (run_dir_for(cfg, tmp_path) / "csv" / "metrics.csv").read_text().splitlines()
     assert len(metrics) > 1
+
+
+def test_capsule_lr_scale_param_groups():
+    """train.capsule_lr_scale: the routed capsule weights get lr x k; k = 1 keeps one group (old checkpoints)."""
+    from lit_caps.config import load_group
+    from lit_caps.module import LitReconstructionClassifier
+
+    arch = load_group("arch", "mnist")
+    one = LitReconstructionClassifier("capsnet", arch=arch).configure_optimizers()
+    assert len(one.param_groups) == 1
+    m = LitReconstructionClassifier("capsnet", arch=arch, lr=1e-3, capsule_lr_scale=30.0)
+    opt = m.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, pytest.approx(3e-2)]
+    caps = {id(p) for p in opt.param_groups[1]["params"]}
+    named = dict(m.model.named_parameters())
+    assert caps == {id(named["capsules.0.weight"]), id(named["capsules.1.weight"])}
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in m.parameters())
+    cnn = LitReconstructionClassifier("cnn_cr", arch=arch, capsule_lr_scale=30.0).configure_optimizers()
+    assert len(cnn.param_groups) == 1  # no capsule layers: nothing to scale
