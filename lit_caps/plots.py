@@ -101,6 +101,7 @@ def plot_rates_vs_beta(success: dict, undetected: dict, path, title: str = "") -
             ax.text(0.5, 50, "pending", ha="center", va="center", color="grey")
     if title:
         fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _save(fig, path)
 
 
