@@ -19,9 +19,10 @@ def _np(v) -> np.ndarray:
     return np.asarray(v, dtype=np.float64).ravel()
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, tight: bool = True) -> Path:
+    kw = {"bbox_inches": "tight"} if tight else {}
     try:
-        return atomic_write(path, lambda f: fig.savefig(f, dpi=150, bbox_inches="tight", format="png"))
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=150, format="png", **kw))
     finally:
         plt.close(fig)
 
@@ -175,25 +176,27 @@ def plot_class_pairs(mats: dict, class_names, path, title: str = "") -> Path:
     """Fig. 4: per model a heat map of the targeted success rate per (source row, target column),
     and the paper's box plot of the pairwise success rates per model."""
     n = len(mats)
-    fig, axes = plt.subplots(1, n + 1, figsize=(3.9 * n + 3.2, 3.9), gridspec_kw={"width_ratios": [1] * n + [0.8]})
+    fig, axes = plt.subplots(1, n + 1, figsize=(3.9 * n + 3.6, 4.1), layout="constrained",
+                             gridspec_kw={"width_ratios": [1] * n + [0.9]})
     short = [c.split("/")[0][:7] for c in class_names]
-    for ax, (label, S) in zip(axes[:n], mats.items()):
+    for i, (ax, (label, S)) in enumerate(zip(axes[:n], mats.items())):
         im = ax.imshow(100 * S, vmin=0, vmax=100, cmap="viridis")
         ax.set_xticks(range(len(short)), short, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(short)), short, fontsize=7)
+        ax.set_yticks(range(len(short)), short if i == 0 else [""] * len(short), fontsize=7)
         ax.set_xlabel("target")
-        ax.set_ylabel("source")
+        if i == 0:
+            ax.set_ylabel("source")
         ax.set_title(label, fontsize=10)
-    fig.colorbar(im, ax=axes[:n].tolist(), fraction=0.02, pad=0.01, label="success rate (%)")
+    fig.colorbar(im, ax=axes[n - 1], fraction=0.046, pad=0.02, label="success rate (%)")
     off = ~np.eye(len(class_names), dtype=bool)
     axb = axes[n]
-    axb.boxplot([100 * S[off] for S in mats.values()], tick_labels=list(mats), widths=0.6)
+    axb.boxplot([100 * S[off][~np.isnan(S[off])] for S in mats.values()], tick_labels=list(mats), widths=0.6)
     axb.set_ylabel("success rate per class pair (%)")
     axb.set_ylim(-2, 102)
     axb.tick_params(axis="x", labelsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 def _show(ax, img, title=""):
