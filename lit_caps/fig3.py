@@ -128,6 +128,19 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
         md.append(f"| {r['box']} | {ex._model_name(r['variant'])} | {r['clean_test_acc_pct']:.2f} | {r['beta']:g} | "
                   f"{ex._ci(r, 'success')} | {ex._ci(r, 'undetected')} | {ex._num(r['best_undetected_pct'])} | "
                   f"{ex._num(r['roc_auc'], '{:.3f}')} | {r['n']} | {ex._dur(r['wall_time_s'] or 0)} |")
+    edge = [f"{box}-box {ex._model_name(v)}" for (box, v), w in worst.items() if w is not None
+            and w.beta == max(sc["betas"]) and len(sc["betas"]) > 1]
+    if edge:
+        md += ["", f"The worst beta is the largest of the grid for: {', '.join(edge)}; a larger beta may be worse still "
+               "(`SCALE=paper` searches 0, 0.1, ..., 1)."]
+    aucs = [r["roc_auc"] for r in rows if r.get("roc_auc") is not None]
+    if aucs and max(aucs) < 0.6:
+        md += ["", f"The detector's ROC-AUC between clean and successful adversarial inputs is {min(aucs):.2f}-"
+               f"{max(aucs):.2f} here (0.5 = chance; below it, the successful adversarial inputs lie *closer* to their "
+               "reconstructions than clean inputs do): at this accuracy the reconstructions are poor for clean inputs, "
+               "and the attack's detector stage pulls the adversarial ones closer, so the detector does not work; the "
+               "paper's comparison of the variants needs models "
+               "near its 92% accuracy (`SCALE=paper`, a GPU and the full training split)."]
     md += ["", "## Models", "", "| variant | seed | epochs | test acc. % (N test) | train wall time | threshold | "
            "parameters | run |", "|---|---|---|---|---|---|---|---|"]
     for v, run in list(runs.items()) + [("capsnet (black-box source)", source)]:
