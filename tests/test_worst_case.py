@@ -110,7 +110,9 @@ def test_sweep_agent_betas_join_the_search(table, monkeypatch, tmp_path):
     m = json.loads(metrics.read_text())
     assert {"success_rate", "undetected_rate", "best_undetected_rate", "n", "result"} <= set(m) and m["n"] == 20
     assert Path(m["result"]).is_file() and "beta0.25" in m["result"]
-    df2 = wc.table3(("mnist",), "smoke", only_report=True, **kw)
+    files = {p: p.stat().st_mtime_ns for p in (Path(kw["out_dir"]) / "smoke").rglob("r_pgd-*.json")}
+    df2 = wc.table3(("mnist",), "smoke", **kw)  # a full run: reads the agent's beta, computes nothing new
+    assert {p: p.stat().st_mtime_ns for p in (Path(kw["out_dir"]) / "smoke").rglob("r_pgd-*.json")} == files
     row = _worst(df2)
     row = row[(row["model"] == "cnn_cr") & row["targeted"]].iloc[0]
     assert row["betas_done"] == 4 and "0.25" in row["betas_tried"].split(", ")
