@@ -82,6 +82,18 @@ def _test_tensors(run):
     return _load_examples(run.test_set, np.arange(len(run.test_set)))[:2]
 
 
+def _prepare(what, dataset, model_name, scale, seed, runs_root, out_dir, train, data_root):
+    """(run, model in eval mode on the CPU, worst beta, where it came from, test x, test y)."""
+    from .worst_case import ensure_run
+
+    run = ensure_run(dataset, model_name, scale, seed=seed, runs_root=runs_root, train=train, data_root=data_root)
+    if isinstance(run, str):
+        raise ex.RunNotFoundError(f"{what}: no trained {model_name} on {dataset}; train it with:\n    {run}")
+    beta, beta_src = worst_beta(run, dataset, model_name, scale, out_dir)
+    x, y = _test_tensors(run)
+    return run, run.model.eval().cpu(), beta, beta_src, x, y
+
+
 def class_pairs(dataset: str = "fashion_mnist", scale: str = "quick", runs_root="runs", out_dir="results",
                 report_dir="reports", models=ex.MODELS, seed: int = 0, *, eps: float = 25 / 255,
                 data_root: str | None = None, train: bool = False, wandb_log: bool = True) -> pd.DataFrame:
@@ -90,7 +102,6 @@ def class_pairs(dataset: str = "fashion_mnist", scale: str = "quick", runs_root=
 
     from .attacks import ITERATIONS
     from .plots import plot_class_pairs
-    from .worst_case import ensure_run
 
     t0 = time.perf_counter()
     per_class, steps, _ = DIAG_SCALES[scale]
@@ -98,12 +109,8 @@ def class_pairs(dataset: str = "fashion_mnist", scale: str = "quick", runs_root=
     names = CLASS_NAMES.get(dataset, tuple(str(i) for i in range(10)))
     mats, rows, info = {}, [], {}
     for m in models:
-        run = ensure_run(dataset, m, scale, seed=seed, runs_root=runs_root, train=train, data_root=data_root)
-        if isinstance(run, str):
-            raise ex.RunNotFoundError(f"class_pairs: no trained {m} on {dataset}; train it with:\n    {run}")
-        model = run.model.eval().cpu()
-        beta, beta_src = worst_beta(run, dataset, m, scale, out_dir)
-        x, y = _test_tensors(run)
+        run, model, beta, beta_src, x, y = _prepare("class_pairs", dataset, m, scale, seed, runs_root, out_dir,
+                                                    train, data_root)
         pred, _ = _clean(model, x)
         k = 10
         conf = np.zeros((k, k))
@@ -219,7 +226,6 @@ def galleries(dataset: str = "mnist", scale: str = "quick", runs_root="runs", ou
     ``fig10_reconstructions_<dataset>_<scale>.png`` and ``reports/galleries_<dataset>_<scale>.md``."""
     from .attacks import EPSILON, ITERATIONS
     from .plots import plot_gallery, plot_reconstruction_pairs
-    from .worst_case import ensure_run
 
     t0 = time.perf_counter()
     _, steps, n_cand = DIAG_SCALES[scale]
@@ -228,12 +234,8 @@ def galleries(dataset: str = "mnist", scale: str = "quick", runs_root="runs", ou
     names = CLASS_NAMES.get(dataset, tuple(str(i) for i in range(10)))
     picked, pairs, rows = {}, {}, []
     for m in models:
-        run = ensure_run(dataset, m, scale, seed=seed, runs_root=runs_root, train=train, data_root=data_root)
-        if isinstance(run, str):
-            raise ex.RunNotFoundError(f"galleries: no trained {m} on {dataset}; train it with:\n    {run}")
-        model = run.model.eval().cpu()
-        beta, beta_src = worst_beta(run, dataset, m, scale, out_dir)
-        x, y = _test_tensors(run)
+        run, model, beta, beta_src, x, y = _prepare("galleries", dataset, m, scale, seed, runs_root, out_dir,
+                                                    train, data_root)
         rng = np.random.default_rng(seed)
         pool = np.flatnonzero(y.numpy() != target)
         idx = np.sort(rng.permutation(pool)[:n_cand])

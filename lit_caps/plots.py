@@ -34,6 +34,13 @@ def plot_undetected_vs_fpr(curves: dict, path, title: str = "") -> Path:
     :func:`lit_caps.detection.undetected_vs_fpr`). The 5% FPR of the paper's threshold is marked.
     """
     fig, ax = plt.subplots(figsize=(4.5, 3.6))
+    _fpr_axes(ax, curves, title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _fpr_axes(ax, curves: dict, title: str = "", title_size=None, legend_size: int = 8) -> None:
+    """One undetected-rate-vs-FPR panel: a line per label, the 5% FPR marked, axes in %."""
     for label, (fprs, rates) in curves.items():
         ax.plot(100 * _np(fprs), 100 * _np(rates), label=str(label), lw=1.8)
     ax.axvline(5, color="grey", ls=":", lw=1, label="FPR 5%")
@@ -42,10 +49,8 @@ def plot_undetected_vs_fpr(curves: dict, path, title: str = "") -> Path:
     ax.set_xlabel("False Positive Rate (%)")
     ax.set_ylabel("Undetected Rate (%)")
     if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
-    return _save(fig, path)
+        ax.set_title(title, fontsize=title_size)
+    ax.legend(frameon=False, fontsize=legend_size)
 
 
 def plot_distance_histograms(clean, adv: dict, threshold: float | None, path, title: str = "",
@@ -255,15 +260,7 @@ def plot_undetected_vs_fpr_panels(panels: dict, path, title: str = "") -> Path:
     (label -> (fprs, undetected rates), fractions)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.7), squeeze=False)
     for ax, (name, curves) in zip(axes[0], panels.items()):
-        for label, (fprs, rates) in curves.items():
-            ax.plot(100 * _np(fprs), 100 * _np(rates), label=str(label), lw=1.8)
-        ax.axvline(5, color="grey", ls=":", lw=1, label="FPR 5%")
-        ax.set_xlim(0, 100)
-        ax.set_ylim(0, 100)
-        ax.set_xlabel("False Positive Rate (%)")
-        ax.set_ylabel("Undetected Rate (%)")
-        ax.set_title(name, fontsize=9)
-        ax.legend(frameon=False, fontsize=7)
+        _fpr_axes(ax, curves, name, title_size=9, legend_size=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
