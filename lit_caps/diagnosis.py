@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from . import experiments as ex
+from .evaluation import predict_batched
 from .io import write_json_atomic
 from .reports import DATASET_NAMES, write_atomic
 
@@ -58,22 +59,8 @@ def _attack(model, x, y, t, *, eps, steps, beta, threshold, seed):
                        threshold=threshold, generator=torch.Generator().manual_seed(seed))
     with torch.enable_grad():
         res = atk(x, y, t)
-    with torch.no_grad():
-        out = model(res.x_adv)
-        pred = out.logits.argmax(1)
-        dist = model.distance(res.x_adv, pred, out=out)
+    pred, dist = predict_batched(model, res.x_adv)
     return res.x_adv, pred, dist
-
-
-@torch.no_grad()
-def _clean(model, x, batch_size=500):
-    preds, dists = [], []
-    for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size])
-        p = out.logits.argmax(1)
-        preds.append(p)
-        dists.append(model.distance(x[i:i + batch_size], p, out=out))
-    return torch.cat(preds), torch.cat(dists)
 
 
 def _test_tensors(run):
@@ -111,7 +98,7 @@ def class_pairs(dataset: str = "fashion_mnist", scale: str = "quick", runs_root=
     for m in models:
         run, model, beta, beta_src, x, y = _prepare("class_pairs", dataset, m, scale, seed, runs_root, out_dir,
                                                     train, data_root)
-        pred, _ = _clean(model, x)
+        pred, _ = predict_batched(model, x)
         k = 10
         conf = np.zeros((k, k))
         np.add.at(conf, (y.numpy(), pred.numpy()), 1)
@@ -244,10 +231,13 @@ def galleries(dataset: str = "mnist", scale: str = "quick", runs_root="runs", ou
         xa, p, d = _attack(model, xs, ys, tt, eps=eps, steps=steps, beta=beta, threshold=run.threshold, seed=seed)
         good = np.flatnonzero(((p == tt) & (d <= run.threshold)).numpy())
         sel = np.sort(rng.permutation(good)[:show]) if len(good) else good
-        with torch.no_grad():
-            pc, _ = _clean(model, xs[sel]) if len(sel) else (torch.zeros(0, dtype=torch.long), None)
-            rc = model.reconstruct(model(xs[sel]).poses, pc) if len(sel) else xs[sel]
-            ra = model.reconstruct(model(xa[sel]).poses, p[sel]) if len(sel) else xs[sel]
+        with torch.no_grad():  # reconstructions from the predicted class: clean, then adversarial
+            if len(sel):
+                out = model(xs[sel])
+                rc = model.reconstruct(out.poses, out.logits.argmax(1))
+                ra = model.reconstruct(model(xa[sel]).poses, p[sel])
+            else:
+                rc = ra = xs[sel]
         name = ex._model_name(m)
         picked[name] = [(xa[i, 0].numpy() if xa.shape[1] == 1 else xa[i].permute(1, 2, 0).numpy(),
                          f"{names[int(ys[i])]}->{names[target]}") for i in sel]

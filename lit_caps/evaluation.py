@@ -273,6 +273,13 @@ def _predict(model, x: Tensor):
     return pred, model.distance(x, out=out)
 
 
+@torch.no_grad()
+def predict_batched(model, x: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
+    """Predicted class and reconstruction distance (from the predicted class) of every image, in batches."""
+    parts = [_predict(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat([p for p, _ in parts]), torch.cat([d for _, d in parts])
+
+
 def run_chunk(model, attack, x: Tensor, y: Tensor, index: Tensor, target: Tensor | None, *, threshold: float,
               seed: int, chunk_id: int, device, trust_best_flag: bool = True) -> dict:
     """Attack one chunk and measure everything with ``model`` (the target: for a transfer attack

@@ -30,19 +30,6 @@ from .reports import paper_table, write_atomic
 N_TABLE2 = {"smoke": 100, "quick": None, "paper": None}
 
 
-@torch.no_grad()
-def predict_and_distance(model, x: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted class and reconstruction distance (from the predicted class) of every image."""
-    preds, dists = [], []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        out = model(xb)
-        p = out.logits.argmax(1)
-        preds.append(p.numpy())
-        dists.append(model.distance(xb, p, out=out).numpy())
-    return np.concatenate(preds), np.concatenate(dists)
-
-
 def corrupted_test(corruption: str, data_root: str | None = None, n: int | None = None, seed: int = 0):
     """(x float [N,1,28,28] in [0,1], y [N]) of the MNIST test split under ``corruption`` (identity = clean)."""
     from .data import CapsDataModule
@@ -61,6 +48,7 @@ def table2(scale: str = "quick", runs_root="runs", report_dir="reports", models=
            gallery_index: int | None = None) -> pd.DataFrame:
     """Error and undetected rates on the paper's 17 and the public 15 corruptions ->
     ``reports/table2_<scale>.{md,csv}`` (``table2.*`` at the paper scale) and Fig. 7/8."""
+    from .evaluation import predict_batched
     from .plots import plot_corruption_gallery
     from .worst_case import ensure_run
 
@@ -81,7 +69,7 @@ def table2(scale: str = "quick", runs_root="runs", report_dir="reports", models=
         for m, run in runs.items():
             model = run.model.eval().cpu()
             tm = time.perf_counter()
-            pred, dist = predict_and_distance(model, x)
+            pred, dist = (t.numpy() for t in predict_batched(model, x))
             wrong = pred != y.numpy()
             flagged = dist > run.threshold
             rows.append({"corruption": "clean" if c == "identity" else c, "model": m, "n": len(y),

@@ -162,7 +162,7 @@ def _grid_step(grid) -> float:
 
 
 def search_beta(run, search: Search, sc: dict, *, out_dir, device, attack_seed: int, only_report: bool,
-                progress: bool, on_update=None, tag: str = "") -> Search:
+                progress: bool, tag: str = "") -> Search:
     """Fill ``search``: the grid, the discovered betas, then ``sc['refine']`` refinement levels."""
     ds, m, a, t = search.dataset, search.model, search.attack, search.targeted
     if not isinstance(run, LoadedRun):
@@ -186,9 +186,6 @@ def search_beta(run, search: Search, sc: dict, *, out_dir, device, attack_seed: 
             if res.get("status") == "complete":
                 print(f"{head}: done in {ex._dur(time.perf_counter() - t0)}: {ex._rates_text(res['summary'])}",
                       flush=True)
-            cell.result = res
-            if on_update is not None:
-                on_update()
         cell.result = res
         return cell
 
