@@ -64,8 +64,10 @@ train-paper-models: $(PY)
 reproduce-table4 clean-error: train-paper-models
 	$(VENV)/bin/lit-caps report clean-error --runs runs --out reports
 
+# BENCH_ARGS: the attack table includes the torch.compile rows (compilation is not timed, ~2 min)
+BENCH_ARGS ?= --compile
 bench: $(PY)
-	$(VENV)/bin/lit-caps bench $(ARGS)
+	$(VENV)/bin/lit-caps bench $(BENCH_ARGS) $(ARGS)
 
 # Attack tables (lit_caps/experiments.py): resumable; SCALE=smoke|quick|paper; ARGS='--only-report' rewrites
 # the report from the result files that exist. The models come from `make train` / train-paper-models

@@ -64,12 +64,53 @@ def bench_model(name: str, arch_name: str, device: str = "cpu", batch_size: int 
             "batch": batch_size, "train_img_s": batch_size / t_train, "forward_img_s": batch_size / t_fwd}
 
 
+def count_flops(fn) -> int:
+    """Matmul and convolution FLOPs (forward and backward) of ``fn()``, with torch's own formulas.
+
+    (``torch.utils.flop_counter.FlopCounterMode`` cannot be used around ``torch.autograd.grad``,
+    which every attack calls; this counts the same ops without its module tracking.)
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class _Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += int(formula(*args, **(kwargs or {}), out_val=out))
+            return out
+
+    counter = _Count()
+    with counter:
+        fn()
+    return counter.total
+
+
+def attack_flops_per_iteration(attack, x, y) -> float:
+    """FLOPs of one iteration per image: the difference between a 3- and a 1-iteration run, / 2 / B
+    (start and final check cancel)."""
+    steps = attack.steps
+    try:
+        runs = []
+        for n in (1, 3):
+            attack.steps = n
+            runs.append(count_flops(lambda: attack(x, y)))
+    finally:
+        attack.steps = steps
+    return (runs[1] - runs[0]) / 2 / x.shape[0]
+
+
 def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batch_size: int = 128,
-                  steps: int = 10, repeats: int = 3) -> list[dict]:
+                  steps: int = 10, repeats: int = 3, compile: bool = False) -> list[dict]:
     """Image-iterations/s of our PGD and R-PGD and torchattacks' PGD on the same model and batch
-    (``steps`` iterations per call, median of ``repeats`` calls; no random start)."""
+    (``steps`` iterations per call, median of ``repeats`` calls; no random start); with ``compile``
+    also our PGD and R-PGD through ``torch.compile``d forwards (compilation in the warm-up, not timed)."""
     from .attacks import build_attack
     from .config import load_group
+    from .evaluation import compiled_forward
     from .models import build_model
 
     arch = load_group("arch", arch_name)
@@ -83,7 +124,16 @@ def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batc
         atk = build_attack(attack, model, eps=0.3, step_size=0.01, steps=steps, random_start=False, **kw)
         t = _timeit(lambda: atk(x, y), repeats, device, warmup=1)
         rows.append({"device": device, "arch": arch_name, "model": name, "attack": attack,
-                     "img_iter_s": batch_size * steps / t})
+                     "img_iter_s": batch_size * steps / t,
+                     "mflop_img_iter": attack_flops_per_iteration(atk, x[:8], y[:8]) / 1e6})
+    if compile:
+        with compiled_forward([model], force=True):
+            for attack in ("pgd", "r_pgd"):
+                kw = {"beta": 0.5} if attack == "r_pgd" else {}
+                atk = build_attack(attack, model, eps=0.3, step_size=0.01, steps=steps, random_start=False, **kw)
+                t = _timeit(lambda: atk(x, y), repeats, device, warmup=1)
+                rows.append({"device": device, "arch": arch_name, "model": name, "attack": f"{attack}_compiled",
+                             "img_iter_s": batch_size * steps / t, "mflop_img_iter": None})
     try:
         import torchattacks
     except Exception:  # noqa: BLE001 - optional dev dependency
@@ -100,7 +150,7 @@ def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batc
     ta = torchattacks.PGD(Logits(model), eps=0.3, alpha=0.01, steps=steps, random_start=False)
     t = _timeit(lambda: ta(x, y), repeats, device, warmup=1)
     rows.append({"device": device, "arch": arch_name, "model": name, "attack": "torchattacks_pgd",
-                 "img_iter_s": batch_size * steps / t})
+                 "img_iter_s": batch_size * steps / t, "mflop_img_iter": None})
     return rows
 
 
@@ -138,16 +188,35 @@ def main(args) -> int:
         arows = []
         for device in devices:
             for model in args.models:
-                arows += bench_attacks(model, "mnist", device, args.batch_size, args.attack_steps)
-        by = {(r["device"], r["model"], r["attack"]): r["img_iter_s"] for r in arows}
+                arows += bench_attacks(model, "mnist", device, args.batch_size, args.attack_steps,
+                                       compile=getattr(args, "compile", False))
+        by = {(r["device"], r["model"], r["attack"]): r for r in arows}
         for r in arows:
             pgd = by[(r["device"], r["model"], "pgd")]
-            r["vs_our_pgd"] = f"{pgd / r['img_iter_s']:.2f}x time" if r["attack"] == "r_pgd" else ""
+            ref = by.get((r["device"], r["model"], "pgd_compiled")) if r["attack"] == "r_pgd_compiled" else pgd
+            r["vs_our_pgd"] = (f"{ref['img_iter_s'] / r['img_iter_s']:.2f}x time"
+                               if r["attack"] in ("r_pgd", "r_pgd_compiled") else "")
+            if r["attack"].endswith("_compiled"):
+                eager = by[(r["device"], r["model"], r["attack"][:-len("_compiled")])]
+                r["vs_our_pgd"] += f"{'; ' if r['vs_our_pgd'] else ''}{r['img_iter_s'] / eager['img_iter_s']:.2f}x eager speed"
+            r["flops_vs_pgd"] = (f"{r['mflop_img_iter'] / pgd['mflop_img_iter']:.2f}x"
+                                 if r["attack"] == "r_pgd" else "")
             ta = by.get((r["device"], r["model"], "torchattacks_pgd"))
-            r["vs_torchattacks"] = f"{r['img_iter_s'] / ta:.2f}x speed" if ta and r["attack"] == "pgd" else ""
+            r["vs_torchattacks"] = (f"{r['img_iter_s'] / ta['img_iter_s']:.2f}x speed"
+                                    if ta and r["attack"] == "pgd" else "")
+        for r in arows:
+            r["mflop_img_iter"] = "" if r["mflop_img_iter"] is None else f"{r['mflop_img_iter']:.2f}"
         out += ["\n## Attack throughput on the default MNIST config (image-iterations/s)\n",
-                format_table(arows, ["device", "arch", "model", "attack", "img_iter_s", "vs_our_pgd", "vs_torchattacks"])]
-        print("\n".join(out[-2:]))
+                format_table(arows, ["device", "arch", "model", "attack", "img_iter_s", "vs_our_pgd", "mflop_img_iter",
+                                    "flops_vs_pgd", "vs_torchattacks"]),
+                "\n`mflop_img_iter`: matmul and convolution MFLOPs of one iteration per image, forward and "
+                "backward, counted with torch's FLOP formulas; `flops_vs_pgd` is R-PGD's FLOP ratio to PGD, "
+                "the time ratio an implementation without other overheads would reach. R-PGD needs two "
+                "forward/backward passes through the classifier (one per stage) plus the decoder's forward "
+                "and backward in stage 2. `*_compiled` rows (`--compile`): the same attack with the model's "
+                "forward through torch.compile (as paper-scale runs use it; compilation not timed); "
+                "`x eager speed` compares with the eager row."]
+        print("\n".join(out[-3:]))
     if args.out:
         from pathlib import Path
 

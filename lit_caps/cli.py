@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--attack-steps", type=int, default=10, help="iterations per timed attack call")
     p.add_argument("--no-attacks", action="store_true", help="skip the attack throughput table")
+    p.add_argument("--compile", action="store_true",
+                   help="add PGD and R-PGD through torch.compile'd forwards (as the paper-scale runs use them; "
+                        "compile time is excluded, ~1 min per model)")
     p.add_argument("--out", default=None, help="also write the tables as Markdown to this file")
     p.set_defaults(func=cmd_bench)
 

@@ -24,6 +24,9 @@ VOLATILE = {
     "data": {"num_workers", "eval_batch_size", "root", "download"},
 }
 
+#: Arch settings that only the CNN baselines use: they do not identify a CapsNet.
+CNN_ONLY_ARCH = {"cnn_dropout"}
+
 
 def config_dir() -> Path:
     return Path(str(resources.files("lit_caps") / "configs"))
@@ -96,6 +99,9 @@ def config_key(cfg: dict) -> dict:
     for group, keys in VOLATILE.items():
         for k in keys:
             c.get(group, {}).pop(k, None)
+    if str(c.get("model", "")).startswith("capsnet"):
+        for k in CNN_ONLY_ARCH:
+            c.get("arch", {}).pop(k, None)
     return c
 
 

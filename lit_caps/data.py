@@ -124,8 +124,8 @@ def load_cifar10(root: Path, train: bool, download: bool = False):
 class ImageTensorDataset(Dataset):
     """uint8 images [N,C,H,W] + labels; yields (float image in [0,1], label, index)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int = 0):
-        self.images, self.labels, self.shift = images, labels, shift
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int = 0, hflip: bool = False):
+        self.images, self.labels, self.shift, self.hflip = images, labels, shift, hflip
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -137,6 +137,8 @@ class ImageTensorDataset(Dataset):
             x = F.pad(x, (s, s, s, s))
             dx, dy = torch.randint(0, 2 * s + 1, (2,)).tolist()
             x = x[:, dy:dy + self.images.shape[2], dx:dx + self.images.shape[3]]
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
         return x, int(self.labels[i]), i
 
 
@@ -158,6 +160,8 @@ class CapsDataModule(L.LightningDataModule):
         batch_size, eval_batch_size, num_workers.
         val_size: examples held out of the training split for validation (fixed ``split_seed``).
         shift: random translation augmentation in pixels for training (Sabour et al.: 2).
+        hflip: random horizontal flips (p = 0.5) of training images (label-preserving for
+            Fashion-MNIST and CIFAR-10, not for digits).
         download: let torchvision download missing files (needs internet).
         corruption: for ``mnist_c``, the corruption of the test split (see lit_caps.corruptions);
             train and validation stay clean MNIST (the threshold comes from clean validation data).
@@ -177,6 +181,7 @@ class CapsDataModule(L.LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 1234,
         shift: int = 2,
+        hflip: bool = False,
         download: bool = False,
         corruption: str = "identity",
         corruption_seed: int = 0,
@@ -241,7 +246,8 @@ class CapsDataModule(L.LightningDataModule):
         tr_idx, va_idx = split_indices(len(ytr), val, self.hparams.split_seed)
         if self.hparams.limit_train:
             tr_idx = tr_idx[: self.hparams.limit_train]
-        self.train_set = ImageTensorDataset(xtr[tr_idx], ytr[tr_idx], shift=self.hparams.shift)
+        self.train_set = ImageTensorDataset(xtr[tr_idx], ytr[tr_idx], shift=self.hparams.shift,
+                                            hflip=self.hparams.hflip)
         self.val_set = ImageTensorDataset(xtr[va_idx], ytr[va_idx])
         self.test_set = ImageTensorDataset(xte, yte)
         self.val_indices = va_idx

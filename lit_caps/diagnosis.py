@@ -81,6 +81,13 @@ def _prepare(what, dataset, model_name, scale, seed, runs_root, out_dir, train, 
     return run, run.model.eval().cpu(), beta, beta_src, x, y
 
 
+def _rho(rho: float, p: float) -> str:
+    """A rank correlation for the report; undefined (NaN) when the success rates do not vary."""
+    if not np.isfinite(rho):
+        return "undefined (the pair success rates do not vary)"
+    return f"{rho:+.3f} ({p:.2g})"
+
+
 def class_pairs(dataset: str = "fashion_mnist", scale: str = "quick", runs_root="runs", out_dir="results",
                 report_dir="reports", models=ex.MODELS, seed: int = 0, *, eps: float = 25 / 255,
                 data_root: str | None = None, train: bool = False, wandb_log: bool = True) -> pd.DataFrame:
@@ -180,12 +187,12 @@ def class_pairs(dataset: str = "fashion_mnist", scale: str = "quick", runs_root=
     for r in rows:
         md.append(f"| {ex._model_name(r['model'])} | {info[r['model']][0]} | {r['mean_success_pct']:.1f} | "
                   f"{r['median_success_pct']:.1f} | {r['mean_undetected_pct']:.1f} | "
-                  f"{r['spearman_success_vs_confusion']:+.3f} ({r['p_confusion']:.2g}) | "
-                  f"{r['spearman_success_vs_mean_image_similarity']:+.3f} ({r['p_mean_image']:.2g}) | "
+                  f"{_rho(r['spearman_success_vs_confusion'], r['p_confusion'])} | "
+                  f"{_rho(r['spearman_success_vs_mean_image_similarity'], r['p_mean_image'])} | "
                   f"{ex._dur(r['attack_wall_time_s'])} |")
     caps = next((r for r in rows if r["model"] == "capsnet"), None)
     cnns = [r for r in rows if r["model"] != "capsnet"]
-    if caps and cnns:
+    if caps and cnns and all(np.isfinite(r["spearman_success_vs_confusion"]) for r in rows):
         key = "spearman_success_vs_confusion"
         more = all(caps[key] > r[key] for r in cnns)
         md += ["", f"**The paper's claim, measured here:** CapsNet's rank correlation with the confusion similarity "

@@ -326,7 +326,10 @@ def test_attack_inside_lightning_test_loop(trained_models, inference_mode):
     data = torch.utils.data.TensorDataset(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))
     trainer = L.Trainer(inference_mode=inference_mode, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.test(Module(), torch.utils.data.DataLoader(data, batch_size=4), verbose=False)
+    try:
+        trainer.test(Module(), torch.utils.data.DataLoader(data, batch_size=4), verbose=False)
+    finally:
+        model.eval()  # Lightning leaves the shared fixture model in train mode (its dropout on) after the loop
     assert len(results) == 2 and all(r.best_undetected.shape == (4,) for r in results)
     assert all(p.grad is None for p in model.parameters())
 

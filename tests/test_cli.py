@@ -46,3 +46,29 @@ def test_bench_runs_and_writes_tables(tmp_path):
     text = out.read_text()
     assert "| cpu | mnist | cnn_r | 2167400 | 128 |" in text
     assert "torchattacks_pgd" in text and "| cnn_r | r_pgd |" in text
+
+
+def test_attack_flop_count_matches_the_layer_arithmetic():
+    """PGD on a one-layer linear model: one iteration is a forward mm (2*B*in*out FLOPs) and the
+    input-gradient mm of the backward (the same again; no weight gradient is computed)."""
+    import torch
+
+    from lit_caps.attacks import build_attack
+    from lit_caps.bench import attack_flops_per_iteration, count_flops
+    from lit_caps.models import ModelOutput
+
+    lin = torch.nn.Linear(784, 10, bias=False)
+    assert count_flops(lambda: lin(torch.rand(4, 784))) == 2 * 4 * 784 * 10
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x):
+            logits = self.lin(x.flatten(1))
+            return ModelOutput(logits=logits, poses=logits.unsqueeze(-1))
+
+    atk = build_attack("pgd", Tiny(), eps=0.3, step_size=0.01, steps=5, random_start=False)
+    assert attack_flops_per_iteration(atk, torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)) == 2 * 2 * 784 * 10
+    assert atk.steps == 5  # restored

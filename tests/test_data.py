@@ -143,3 +143,16 @@ def test_test_subset_is_fixed_and_seeded(data_root):
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="mnist_c"):
         CapsDataModule("imagenet")
+
+
+def test_hflip_augmentation_only_in_training(data_root):
+    dm = CapsDataModule("fashion_mnist", root=str(data_root), shift=0, hflip=True)
+    dm.setup()
+    torch.manual_seed(0)
+    raw = dm.train_set.images[0].float() / 255
+    seen = [dm.train_set[0][0] for _ in range(40)]
+    flips = sum(torch.equal(s, raw.flip(-1)) for s in seen)
+    assert sum(torch.equal(s, raw) for s in seen) + flips == 40 and 5 < flips < 35
+    assert all(dm.train_set[0][1] == int(dm.train_set.labels[0]) for _ in range(5))
+    assert torch.equal(dm.val_set[0][0], dm.val_set.images[0].float() / 255)
+    assert not CapsDataModule("fashion_mnist", root=str(data_root)).hparams.hflip  # off by default

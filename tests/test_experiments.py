@@ -76,9 +76,14 @@ def test_scales():
 def test_table1_report_reuse_and_pending(runs, dirs, capsys):
     out, rep = dirs
     kw = dict(runs_root=runs, out_dir=out, report_dir=rep, models=(MODEL,))
-    df = ex.table1("mnist", "smoke", **kw)
+    everything = ex.table1("mnist", "smoke", **kw)
     md, csv = rep / "table1_mnist_smoke.md", rep / "table1_mnist_smoke.csv"
     assert md.is_file() and csv.is_file()
+    # the report lists the three models; --models narrowed only what was computed
+    assert len(everything) == 24 and list(dict.fromkeys(everything["model"])) == list(ex.MODELS)
+    others = everything[everything["model"] != MODEL]
+    assert others["status"].str.contains("lit-caps fit --model").all()  # no runs for them here: pending
+    df = everything[everything["model"] == MODEL].reset_index(drop=True)
     assert len(df) == 8 and (df["status"] == "complete").all()
     assert set(zip(df["attack"], df["targeted"])) == {(a, t) for a in ex.STANDARD_ATTACKS for t in (True, False)}
     cols = {"model", "attack", "targeted", "status", "success_pct", "success_ci_lo", "success_ci_hi", "undetected_pct",
@@ -87,7 +92,7 @@ def test_table1_report_reuse_and_pending(runs, dirs, capsys):
             "diff_undetected_pct", "n", "eps", "step_size", "steps", "cw_binary_search_steps", "attack_seed",
             "config_hash", "model_hash", "checkpoint", "epochs", "wall_time_s", "device"}
     read = pd.read_csv(csv)
-    assert cols <= set(read.columns) and len(read) == 8
+    assert cols <= set(read.columns) and len(read) == 24
     paper = paper_table("table5_whitebox_standard").set_index(["dataset", "model", "attack", "targeted"])
     summary = ex.find_run(runs, "mnist", MODEL)
     for r in df.to_dict("records"):
@@ -106,7 +111,8 @@ def test_table1_report_reuse_and_pending(runs, dirs, capsys):
         assert Path(r["result"]).parent == out / "smoke" / "mnist" / MODEL  # reduced scales: their own folder
     text = md.read_text()
     assert "| CNN+CR |" in text and "(95/0)" in text and "(100/28)" in text and "N = 20 test images" in text
-    assert "pending" not in text
+    cnn_cr_line = next(line for line in text.splitlines() if line.startswith("| CNN+CR |"))
+    assert "pending" not in cnn_cr_line
 
     # rerun: every cell reused, nothing recomputed
     before = _mtimes(out)
@@ -114,17 +120,18 @@ def test_table1_report_reuse_and_pending(runs, dirs, capsys):
     again = ex.table1("mnist", "smoke", **kw)
     assert _mtimes(out) == before and len(before) == 8
     assert capsys.readouterr().out.count(": cached (") == 8
-    pd.testing.assert_frame_equal(again, df)
+    pd.testing.assert_frame_equal(again, everything)
 
     # a missing result file shows as pending (only_report computes nothing), never as a number
     gone = Path(df[(df["attack"] == "pgd") & df["targeted"]]["result"].iloc[0])
     gone.unlink()
     rep_only = ex.table1("mnist", "smoke", only_report=True, **kw)
+    rep_only = rep_only[rep_only["model"] == MODEL]
     row = rep_only[(rep_only["attack"] == "pgd") & rep_only["targeted"]].iloc[0]
     assert row["status"].startswith("pending") and pd.isna(row["success_pct"]) and pd.isna(row["undetected_pct"])
     assert not gone.exists() and (rep_only["status"] == "complete").sum() == 7
     text = md.read_text()
-    assert "7/8 cells complete" in text and "| pending (95/0) |" in text
+    assert "7/24 cells complete" in text and "| pending (95/0) |" in text
     # a model without a run: pending with its fit command (only_report), a clear error otherwise
     two = ex.table1("mnist", "smoke", only_report=True, **dict(kw, models=(MODEL, "cnn_r")))
     missing = two[two["model"] == "cnn_r"]

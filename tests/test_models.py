@@ -15,7 +15,7 @@ MNIST_ARCH = load_group("arch", "mnist")
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_interface_shapes(name):
     torch.manual_seed(0)
-    m = build_model(name, **MNIST_ARCH)
+    m = build_model(name, **MNIST_ARCH).eval()  # eval: no dropout (CNNs), as detection and attacks run
     x = torch.rand(4, 1, 28, 28)
     out = m(x)
     assert isinstance(out, ModelOutput)
@@ -150,3 +150,28 @@ def test_loss_falls_on_a_tiny_batch(name, mnist_test):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_cnn_dropout_only_in_training_and_parameter_free():
+    assert MNIST_ARCH["cnn_dropout"] > 0  # the shipped MNIST-family config uses it
+    torch.manual_seed(0)
+    m = build_model("cnn_cr", **MNIST_ARCH)
+    assert any(isinstance(mod, torch.nn.Dropout) for mod in m.modules())
+    assert count_parameters(m) == count_parameters(build_model("cnn_cr", **{**MNIST_ARCH, "cnn_dropout": 0.0}))
+    x = torch.rand(8, 1, 28, 28)
+    m.train()
+    assert not torch.equal(m(x).logits, m(x).logits)  # stochastic while training
+    m.eval()
+    assert torch.equal(m(x).logits, m(x).logits)  # off for detection and attacks
+    # CapsNet accepts the shared config and has no dropout
+    caps = build_model("capsnet", **MNIST_ARCH)
+    assert not any(isinstance(mod, torch.nn.Dropout) for mod in caps.modules())
+
+
+def test_cnn_only_settings_do_not_identify_a_capsnet():
+    from lit_caps.config import compose, config_hash
+
+    for model, changes in (("capsnet", False), ("cnn_cr", True), ("cnn_r", True)):
+        a = compose(model, "mnist")
+        b = compose(model, "mnist", overrides=["arch.cnn_dropout=0.1"])
+        assert (config_hash(a) != config_hash(b)) == changes, model

@@ -16,11 +16,15 @@ def _summary(ds, model, err, complete=True):
 
 def test_clean_error_report(tmp_path):
     runs = tmp_path / "runs"
-    for ds, model, err, complete in [("mnist", "capsnet", 0.0071, True), ("mnist", "cnn_cr", 0.0065, True),
+    for ds, model, err, complete in [("mnist", "capsnet", 0.0071, True), ("mnist", "cnn_cr", 0.0105, True),
                                      ("fashion_mnist", "cnn_r", 0.2, False)]:
         d = runs / ds / model
         d.mkdir(parents=True)
         (d / "summary.json").write_text(json.dumps(_summary(ds, model, err, complete)))
+    # the CapsNet run logged validation accuracy per epoch (Lightning's CSV logger; two versions)
+    for v, rows in (("version_0", "epoch,step,val/acc\n0,10,0.95\n"), ("version_1", "epoch,step,val/acc\n1,20,0.9912\n")):
+        (runs / "mnist" / "capsnet" / "csv" / v).mkdir(parents=True)
+        (runs / "mnist" / "capsnet" / "csv" / v / "metrics.csv").write_text(rows)
     df = clean_error_report(runs, tmp_path / "reports")
     csv = pd.read_csv(tmp_path / "reports" / "clean_error.csv")
     assert len(csv) == len(df) == 9  # 3 datasets x 3 models, one row each
@@ -32,7 +36,10 @@ def test_clean_error_report(tmp_path):
     sv = csv[csv.dataset == "svhn"]
     assert sv.error_pct.isna().all() and sv.note.str.contains("SVHN is not available").all()
     md = (tmp_path / "reports" / "clean_error.md").read_text()
-    assert "| MNIST | CapsNet | 0.71 | 0.6 | +0.11 | 30 |" in md and "| Fashion-MNIST | CNN+R | - | 9.3 |" in md
+    assert "| MNIST | CapsNet | 0.71 | 0.6 | +0.11 | <= 1: met | 0.88 | 30 |" in md
+    assert "| MNIST | CNN+CR | 1.05 | 0.7 | +0.35 | <= 1: missed |  | 30 |" in md  # no CSV: no val column
+    assert "| Fashion-MNIST | CNN+R | - | 9.3 |" in md
+    assert caps.val_error_pct == 0.88 and bool(caps.meets_target)
     assert caps.default_config == False  # the fake summary has another config hash
 
 

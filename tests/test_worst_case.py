@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -236,7 +237,9 @@ def test_class_pairs_and_galleries_smoke(table):
                   data_root=kw["data_root"], wandb_log=False)
     f4 = class_pairs("mnist", "smoke", **common)
     assert list(f4["model"]) == ["capsnet", "cnn_cr", "cnn_r"] and (f4["pairs"] == 90).all()
-    assert f4["spearman_success_vs_confusion"].between(-1, 1).all()
+    for r in f4.itertuples():  # a rank correlation, undefined only when a smoke model's pair rates do not vary
+        rates = set(json.loads(r.pairs_table).values())
+        assert -1 <= r.spearman_success_vs_confusion <= 1 or (np.isnan(r.spearman_success_vs_confusion) and len(rates) == 1)
     # the worst-case beta comes from Table 3's smoke results of the same model
     w = _worst(df)
     for r in f4.itertuples():

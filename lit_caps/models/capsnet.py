@@ -94,7 +94,11 @@ class CapsNet(ReconstructionClassifier):
         decoder_input: "masked" (class-conditional, the paper's CapsNet), "all" ("CapsNet All":
             every capsule feeds the decoder) or "winner" (DeepCaps-style: only the chosen capsule's
             vector, D features, feeds the decoder).
+        cnn_dropout: a CNN-baseline setting, accepted so one arch config describes all three
+            models; ignored here (and left out of a CapsNet's config hash).
     """
+
+    compile_helps = True
 
     def __init__(
         self,
@@ -116,6 +120,7 @@ class CapsNet(ReconstructionClassifier):
         decoder_input: str = "masked",
         mean=None,
         std=None,
+        cnn_dropout: float = 0.0,
     ):
         super().__init__(image_shape, num_classes, mean, std)
         c, h, w = self.image_shape

@@ -34,12 +34,18 @@ class GroupedCNN(ReconstructionClassifier):
         class_dim: int = 16,
         decoder_hidden=(512, 1024),
         conditional: bool = True,
+        cnn_dropout: float = 0.0,
         mean=None,
         std=None,
         **_capsule_only,
     ):
         """Takes the CapsNet config keys so one config describes all three models; routing-only
-        keys (routing_iterations, init_gain, decoder_input) are ignored."""
+        keys (routing_iterations, init_gain, decoder_input) are ignored.
+
+        cnn_dropout: dropout probability on the output of every hidden FC layer (the input of the
+            next FC layer, up to the pose layer). Training only: ``model.eval()`` (used by
+            detection, attacks and tests) turns it off, so attacks see a deterministic model.
+        """
         super().__init__(image_shape, num_classes, mean, std)
         c = self.image_shape[0]
         self.conv1 = nn.Conv2d(c, conv_channels, conv_kernel, stride=conv_stride)
@@ -50,9 +56,12 @@ class GroupedCNN(ReconstructionClassifier):
         hidden = []
         for a, b in zip(sizes[:-1], sizes[1:]):
             hidden += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+            if cnn_dropout:
+                hidden.append(nn.Dropout(cnn_dropout))
         self.hidden = nn.Sequential(*hidden)
         self.head = nn.Linear(sizes[-1], num_classes * class_dim)
         self.class_dim = class_dim
+        self.cnn_dropout = cnn_dropout
         self.conditional = conditional
         self.decoder = Decoder(num_classes * class_dim, self.image_shape, tuple(decoder_hidden))
 
