@@ -99,9 +99,12 @@ def config_key(cfg: dict) -> dict:
     for group, keys in VOLATILE.items():
         for k in keys:
             c.get(group, {}).pop(k, None)
-    if str(c.get("model", "")).startswith("capsnet"):
-        for k in CNN_ONLY_ARCH:
-            c.get("arch", {}).pop(k, None)
+    arch = c.get("arch", {})
+    for k in CNN_ONLY_ARCH:
+        # not identifying a CapsNet; nor, at its default 0, a CNN (configs from before the setting
+        # existed keep their hash)
+        if str(c.get("model", "")).startswith("capsnet") or not arch.get(k):
+            arch.pop(k, None)
     return c
 
 

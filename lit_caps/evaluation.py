@@ -521,7 +521,7 @@ def evaluate_attack(
     path = result_path(out_dir, dataset_name, model_name, name)
     cdir = chunk_dir(out_dir, dataset_name, model_name, name)
 
-    cached = _cached(path, shash)
+    cached = _cached(path, shash) or _restore_superseded(path, shash)
     if cached is not None:
         return cached
 
@@ -620,6 +620,19 @@ def _keep_superseded(path: Path, shash: str) -> Path | None:
     print(f"note: {path} held a result made with other settings (settings hash {old}, e.g. another "
           f"checkpoint); kept as {dest}", flush=True)
     return dest
+
+
+def _restore_superseded(path: Path, shash: str) -> dict | None:
+    """A finished result with exactly these settings kept under ``superseded/`` (e.g. from before a
+    default config changed and changed back) is put back in place instead of being recomputed; the
+    result it replaces is kept there in turn."""
+    old = path.parent / "superseded" / f"{path.stem}-{shash}.json"
+    if _cached(old, shash) is None:
+        return None
+    _keep_superseded(path, shash)
+    os.replace(old, path)
+    print(f"note: restored {path} from {old} (same settings)", flush=True)
+    return _cached(path, shash)
 
 
 def _cached(path: Path, shash: str) -> dict | None:

@@ -106,11 +106,22 @@ def _fit_command(dataset: str, model: str, seed: int, arch: str | None = None) -
     return cmd
 
 
+def _default_hash(dataset: str, model: str, seed: int, arch: str | None) -> str | None:
+    from .config import compose, config_hash
+
+    try:
+        return config_hash(compose(model, dataset, arch=arch, seed=seed))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int = 0, arch: str | None = None) -> dict:
     """The ``summary.json`` of the complete run of (dataset, model, seed[, arch]) under ``runs_root``.
 
     Several: with ``arch=None`` the dataset's default arch is preferred when one of them has it;
-    then the newest (summary.json modification time). ``run_dir`` and ``checkpoint`` in the returned
+    then the run of the default config (``lit-caps fit --model M --data D --seed S``, by config
+    hash) when there is one, so a newer experimental run never replaces it in a table; else the
+    newest (summary.json modification time). ``run_dir`` and ``checkpoint`` in the returned
     dict point to where the run was found (they may have been written relative to another working
     directory); ``summary_path`` is added. Raises :class:`RunNotFoundError` naming the
     ``lit-caps fit`` command that makes the run (or resumes an unfinished one).
@@ -143,6 +154,9 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
         raise RunNotFoundError(msg)
     if arch is None and any(s.get("arch") == DEFAULT_ARCH.get(dataset) for _, s in found):
         found = [(p, s) for p, s in found if s.get("arch") == DEFAULT_ARCH.get(dataset)]
+    default = _default_hash(dataset, model, seed, arch)
+    if any(s.get("config_hash") == default for _, s in found):  # the default config's run, however old
+        found = [(p, s) for p, s in found if s.get("config_hash") == default]
     p, s = max(found, key=lambda ps: ps[0].stat().st_mtime_ns)
     return dict(s, run_dir=str(p.parent), checkpoint=str(p.parent / "checkpoints" / "last.ckpt"), summary_path=str(p))
 

@@ -216,6 +216,15 @@ def test_changed_settings_never_mix_chunks(tiny, dataset, reference, tmp_path):
     # the old result was not written over: it is kept beside, where tables do not read it
     kept = result_path(out, "mnist", "tiny", ref["name"]).parent / "superseded" / f"{ref['name']}-{ref['settings_hash']}.json"
     assert json.loads(kept.read_text())["summary"] == ref["summary"]
+    # back to the original settings: the kept result is restored, nothing recomputed, b kept in turn
+    CALLS["n"] = 0
+    same_outcomes(run(tiny, dataset, out), ref)
+    assert CALLS["n"] == 0 and not kept.exists()
+    kept_b = kept.parent / f"{ref['name']}-{b['settings_hash']}.json"
+    assert json.loads(kept_b.read_text())["summary"] == b["summary"]
+    CALLS["n"] = 0
+    same_outcomes(run(tiny, dataset, out, threshold=thr_b), b)  # and forth again
+    assert CALLS["n"] == 0
     fresh = run(tiny, dataset, tmp_path / "fresh", threshold=thr_b)
     same_outcomes(b, fresh)
     assert b["summary"]["undetected_rate"] <= ref["summary"]["undetected_rate"]

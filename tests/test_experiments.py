@@ -55,6 +55,27 @@ def test_find_run(runs):
         ex.find_run(runs, "mnist", MODEL, arch="sabour")
 
 
+def test_find_run_prefers_the_default_config_over_a_newer_experiment(tmp_path):
+    """A newer run of another recipe (e.g. `arch.cnn_dropout=0.5`) never replaces the default
+    config's run in the tables; without a default run the newest is used."""
+    import os
+    import time
+
+    from lit_caps.config import compose, config_hash
+
+    default = config_hash(compose("cnn_cr", "mnist"))
+    other = config_hash(compose("cnn_cr", "mnist", overrides=["arch.cnn_dropout=0.5"]))
+    for i, h in enumerate((default, other)):
+        d = tmp_path / "mnist" / f"cnn_cr-mnist-s0-{h}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"model": "cnn_cr", "dataset": "mnist", "seed": 0, "arch": "mnist",
+                                                    "complete": True, "config_hash": h}))
+        os.utime(d / "summary.json", (time.time() + 10 * i, time.time() + 10 * i))  # the experiment is newer
+    assert ex.find_run(tmp_path, "mnist", "cnn_cr")["config_hash"] == default
+    (tmp_path / "mnist" / f"cnn_cr-mnist-s0-{default}" / "summary.json").unlink()
+    assert ex.find_run(tmp_path, "mnist", "cnn_cr")["config_hash"] == other
+
+
 def test_scales():
     assert set(ex.SCALES) == {"smoke", "quick", "paper"}
     for sc in ex.SCALES.values():
