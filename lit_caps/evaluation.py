@@ -293,7 +293,7 @@ def compiled_forward(models, enabled: bool = True, force: bool = False):
     """Run the models' ``forward`` through ``torch.compile`` inside the block (in place, restored after).
 
     Attacks call ``model(x)`` once or twice per iteration; compiling it fuses CapsNet's routing
-    (measured on 1 CPU thread, batch 100: one R-PGD iteration 1.9x faster, one PGD step 1.5-1.8x).
+    (measured: 1.37-1.38x faster at 2 threads, batch 128, in `make bench`; 1.5-1.9x on 1 thread, batch 100).
     The first call per input shape compiles (~35-50 s on this CPU); later calls, also in later
     blocks of the same process, reuse the compiled code. Gradients agree with eager mode to float
     rounding, so compiled and eager chunks are the same measurement (like CPU and GPU chunks: the

@@ -81,7 +81,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
                    "train_overrides": []},
     },
     # "compile": attack through torch.compile'd forwards unless LIT_CAPS_COMPILE says otherwise
-    # (evaluation.compiled_forward: ~35-50 s to compile, then 1.5-1.9x faster CapsNet iterations)
+    # (evaluation.compiled_forward: ~35-50 s to compile, then 1.4-1.9x faster CapsNet iterations)
     "paper": {
         "table1": {"n": 1000, "chunk_size": 100, "steps": None, "cw": None, "compile": True},
         "rpgd_beta": {"n": 1000, "chunk_size": 100, "steps": None, "betas": BETAS, "compile": True},

@@ -62,7 +62,7 @@ class ReconstructionClassifier(nn.Module):
     conditional: bool = True
     #: Whether torch.compile speeds up this model's attack iterations (used by
     #: ``lit_caps.evaluation.compiled_forward``): CapsNet's routing fuses well (1.5-1.9x on CPU);
-    #: the CNNs' convolutions and matmuls are library calls already (measured: no gain).
+    #: the CNNs' convolutions and matmuls are library calls already (measured in `make bench`: 0.41-0.47x).
     compile_helps: bool = False
     num_classes: int
     image_shape: tuple[int, int, int]
