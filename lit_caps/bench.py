@@ -119,21 +119,17 @@ def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batc
     x = torch.rand(batch_size, *arch["image_shape"], device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
     rows = []
-    for attack in ("pgd", "r_pgd"):
-        kw = {"beta": 0.5} if attack == "r_pgd" else {}
-        atk = build_attack(attack, model, eps=0.3, step_size=0.01, steps=steps, random_start=False, **kw)
-        t = _timeit(lambda: atk(x, y), repeats, device, warmup=1)
-        rows.append({"device": device, "arch": arch_name, "model": name, "attack": attack,
-                     "img_iter_s": batch_size * steps / t,
-                     "mflop_img_iter": attack_flops_per_iteration(atk, x[:8], y[:8]) / 1e6})
-    if compile:
-        with compiled_forward([model], force=True):
+    for compiled in (False, True) if compile else (False,):
+        # compiled: the same attacks with the forward through torch.compile (compiled in the warm-up)
+        with compiled_forward([model], enabled=compiled, force=True):
             for attack in ("pgd", "r_pgd"):
                 kw = {"beta": 0.5} if attack == "r_pgd" else {}
                 atk = build_attack(attack, model, eps=0.3, step_size=0.01, steps=steps, random_start=False, **kw)
                 t = _timeit(lambda: atk(x, y), repeats, device, warmup=1)
-                rows.append({"device": device, "arch": arch_name, "model": name, "attack": f"{attack}_compiled",
-                             "img_iter_s": batch_size * steps / t, "mflop_img_iter": None})
+                flops = None if compiled else attack_flops_per_iteration(atk, x[:8], y[:8]) / 1e6
+                rows.append({"device": device, "arch": arch_name, "model": name,
+                             "attack": f"{attack}_compiled" if compiled else attack,
+                             "img_iter_s": batch_size * steps / t, "mflop_img_iter": flops})
     try:
         import torchattacks
     except Exception:  # noqa: BLE001 - optional dev dependency

@@ -281,11 +281,12 @@ def predict_batched(model, x: Tensor, batch_size: int = 500) -> tuple[Tensor, Te
     return torch.cat([p for p, _ in parts]), torch.cat([d for _, d in parts])
 
 
-def compile_requested(compile: bool | None = None) -> bool:
-    """``compile`` if given, else the ``LIT_CAPS_COMPILE`` setting (``1``/``true``; default off)."""
+def compile_requested(compile: bool | None = None, default: bool = False) -> bool:
+    """``compile`` if given, else the ``LIT_CAPS_COMPILE`` setting (``1``/``true``), else ``default``."""
     if compile is not None:
         return bool(compile)
-    return os.environ.get("LIT_CAPS_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
+    env = os.environ.get("LIT_CAPS_COMPILE")
+    return bool(default) if env is None else env.strip().lower() in ("1", "true", "yes", "on")
 
 
 @contextlib.contextmanager

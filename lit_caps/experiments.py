@@ -307,7 +307,7 @@ def _evaluate(run: LoadedRun, cell: Cell, dataset: str, sc: dict, *, attack_seed
               progress, source: LoadedRun | None = None) -> dict:
     import torch
 
-    from .evaluation import evaluate_attack
+    from .evaluation import compile_requested, evaluate_attack
 
     kw = {}
     if source is not None:
@@ -319,14 +319,8 @@ def _evaluate(run: LoadedRun, cell: Cell, dataset: str, sc: dict, *, attack_seed
             eps=None, beta=cell.beta, seed=attack_seed, n=sc["n"], threshold=run.threshold,
             val_distances=run.val_distances, settings=attack_settings(dataset, cell.attack, sc) or None,
             out_dir=out_dir, chunk_size=sc["chunk_size"], device=device, progress=progress, fpr=run.fpr,
-            checkpoint=run.checkpoint, only_cached=only_report, compile=_compile_setting(sc), **kw)
-
-
-def _compile_setting(sc: dict) -> bool:
-    """``LIT_CAPS_COMPILE`` when set, else the scale's ``compile`` (on at the paper scale)."""
-    from .evaluation import compile_requested
-
-    return compile_requested(None) if "LIT_CAPS_COMPILE" in os.environ else bool(sc.get("compile", False))
+            checkpoint=run.checkpoint, only_cached=only_report,
+            compile=compile_requested(None, default=sc.get("compile", False)), **kw)
 
 
 def _label(cell: Cell) -> str:
