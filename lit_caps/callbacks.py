@@ -67,6 +67,37 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
 
+
+class BestCheckpoint(LastCheckpoint):
+    """``best.ckpt``: the checkpoint after the validation epoch with the highest ``monitor``
+    (default ``val/acc``: the evaluated model's validation accuracy), written atomically with that
+    epoch's detection state. Model selection on the held-out validation split (``train.select_best``),
+    never on test data. ``best_epoch`` counts the epochs completed at that point (1-based). The
+    best score and epoch travel in every checkpoint, so a resumed fit keeps them."""
+
+    def __init__(self, path, monitor: str = "val/acc"):
+        super().__init__(path, every_n_steps=0)
+        self.monitor = monitor
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pass
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        if self.best is None or score > self.best:  # ties keep the earlier epoch
+            self.best, self.best_epoch = score, int(trainer.current_epoch) + 1  # epochs completed
+            self.save(trainer)
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor}
+
+    def load_state_dict(self, state_dict):
+        self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
+
 def expand_attack_specs(attacks, targeted=("targeted", "untargeted"), betas=(0.5,), **common) -> list[dict]:
     """Attack names (or dicts) -> one spec per (attack, targeted, beta). R-* attacks get every beta."""
     specs = []
@@ -132,7 +163,7 @@ class AttackEvaluation(L.Callback):
                 beta = spec.pop("beta", None)
                 eps = spec.pop("eps", None)
                 res = evaluate_attack(
-                    pl_module.model, dm.test_set, name, dataset_name=dataset_name, model_name=model_name,
+                    pl_module.eval_model(), dm.test_set, name, dataset_name=dataset_name, model_name=model_name,
                     targeted=targeted, eps=eps, beta=beta, seed=self.seed, n=self.n,
                     threshold=pl_module.threshold, val_distances=pl_module.val_distances, settings=spec or None,
                     out_dir=self.out_dir, chunk_size=self.chunk_size, device=pl_module.device,

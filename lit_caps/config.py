@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import shlex
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +28,10 @@ VOLATILE = {
 
 #: Arch settings that only the CNN baselines use: they do not identify a CapsNet.
 CNN_ONLY_ARCH = {"cnn_dropout"}
+
+#: Options added after the first runs, "off" at 0 / false: off, they are left out of the key, so
+#: runs made before an option existed and runs that switch it off explicitly share one hash.
+OFF_WHEN_FALSY = {"train": {"ema_decay", "select_best"}, "data": {"hflip"}}
 
 
 def config_dir() -> Path:
@@ -66,6 +72,14 @@ def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
     return out
 
 
+def recipe_overrides() -> list[str]:
+    """``LIT_CAPS_RECIPE``: overrides applied to every composed config before the command line's, so
+    a whole pipeline (training, and which runs the tables use) follows one recipe, e.g.
+    ``LIT_CAPS_RECIPE="train.ema_decay=0"`` for the models trained before the weight average became
+    the default. Empty (the default): the shipped configs."""
+    return shlex.split(os.environ.get("LIT_CAPS_RECIPE", ""))
+
+
 def compose(model: str = "capsnet", data: str = "mnist", arch: str | None = None, train: str = "default",
             seed: int = 0, overrides: list[str] | None = None, config_file: str | None = None) -> dict:
     """Build the full experiment config."""
@@ -85,6 +99,7 @@ def compose(model: str = "capsnet", data: str = "mnist", arch: str | None = None
             "logger": {"wandb": True, "csv": True, "project": "lit_caps"},
             "seed": seed,
         }
+        overrides = recipe_overrides() + list(overrides or [])
     for k, v in parse_overrides(overrides or []):
         set_dotted(cfg, k, v)
     return cfg
@@ -99,6 +114,10 @@ def config_key(cfg: dict) -> dict:
     for group, keys in VOLATILE.items():
         for k in keys:
             c.get(group, {}).pop(k, None)
+    for group, keys in OFF_WHEN_FALSY.items():
+        for k in keys:
+            if k in c.get(group, {}) and not c[group][k]:
+                c[group].pop(k)
     arch = c.get("arch", {})
     for k in CNN_ONLY_ARCH:
         # not identifying a CapsNet; nor, at its default 0, a CNN (configs from before the setting

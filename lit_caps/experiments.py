@@ -100,10 +100,13 @@ class RunNotFoundError(FileNotFoundError):
 def _fit_command(dataset: str, model: str, seed: int, arch: str | None = None) -> str:
     from .config import DEFAULT_ARCH
 
+    from .config import recipe_overrides
+
     cmd = f"lit-caps fit --model {model} --data {dataset} --seed {seed}"
     if arch is not None and arch != DEFAULT_ARCH.get(dataset):
         cmd += f" --arch {arch}"
-    return cmd
+    recipe = recipe_overrides()
+    return cmd + "".join(f" {o}" for o in recipe)
 
 
 def _default_hash(dataset: str, model: str, seed: int, arch: str | None) -> str | None:
@@ -154,11 +157,19 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
         raise RunNotFoundError(msg)
     if arch is None and any(s.get("arch") == DEFAULT_ARCH.get(dataset) for _, s in found):
         found = [(p, s) for p, s in found if s.get("arch") == DEFAULT_ARCH.get(dataset)]
+    from .config import recipe_overrides
+
     default = _default_hash(dataset, model, seed, arch)
     if any(s.get("config_hash") == default for _, s in found):  # the default config's run, however old
         found = [(p, s) for p, s in found if s.get("config_hash") == default]
+    elif recipe_overrides():  # an explicit recipe never falls back to another recipe's model
+        raise RunNotFoundError(f"no complete run of {model} on {dataset} with seed {seed} and LIT_CAPS_RECIPE="
+                               f"{' '.join(recipe_overrides())!r} (config {default}) under {root}/. Train it with:\n"
+                               f"    {_fit_command(dataset, model, seed, arch)}")
     p, s = max(found, key=lambda ps: ps[0].stat().st_mtime_ns)
-    return dict(s, run_dir=str(p.parent), checkpoint=str(p.parent / "checkpoints" / "last.ckpt"), summary_path=str(p))
+    # the run's model: last.ckpt, or best.ckpt for runs that select the best validation epoch
+    ckpt = p.parent / "checkpoints" / Path(s.get("checkpoint") or "last.ckpt").name
+    return dict(s, run_dir=str(p.parent), checkpoint=str(ckpt), summary_path=str(p))
 
 
 @dataclass
@@ -202,7 +213,7 @@ def load_trained(summary: dict, data_root: str | None = None) -> LoadedRun:
         dm.setup("test")
         _TEST_SETS.clear()  # keep one dataset in memory
         _TEST_SETS[key] = dm.test_set
-    model = module.model.eval()
+    model = module.eval_model().eval()
     return LoadedRun(summary=summary, model=model, threshold=float(module.threshold),
                      val_distances=module.val_distances, fpr=float(module.hparams.fpr), test_set=_TEST_SETS[key],
                      model_hash=model_hash(model))

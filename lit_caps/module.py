@@ -8,8 +8,18 @@ evaluation time (CNN+R: the whole penultimate layer).
 After each validation epoch the per-example validation reconstruction distances d(x) and the
 detection threshold at ``fpr`` (default 5%: the 95th percentile) are kept and stored in every
 checkpoint under ``checkpoint["detection"]``.
+
+``ema_decay > 0`` keeps an exponential moving average of the weights (Polyak averaging; decay
+``min(ema_decay, (1 + n) / (10 + n))`` after n optimizer steps) in ``self.ema``. The averaged
+model is the one validated, tested and thresholded (``eval_model()``); the raw weights are also
+validated (``val/acc_raw``), so one run compares the two on validation. A checkpoint holds both:
+resuming a fit continues the raw weights and their average, while loading it for evaluation
+(``load_from_checkpoint``) puts the averaged weights into ``model``, so every consumer of a
+checkpoint gets the model whose error was reported.
 """
 from __future__ import annotations
+
+import copy
 
 import lightning as L
 import torch
@@ -33,6 +43,7 @@ class LitReconstructionClassifier(L.LightningModule):
         class_loss: str | None = None,
         fpr: float = 0.05,
         capsule_lr_scale: float = 1.0,
+        ema_decay: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -41,14 +52,37 @@ class LitReconstructionClassifier(L.LightningModule):
         metrics = lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=self.model.num_classes,
                                                                           average="micro")
         self.train_acc, self.val_acc, self.test_acc = metrics(), metrics(), metrics()
+        self.ema = None
+        if ema_decay > 0:
+            if not 0 < ema_decay < 1:
+                raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {ema_decay}")
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+            self.val_acc_raw = metrics()
         self.val_distance = torchmetrics.MeanMetric()
         self.test_distance = torchmetrics.MeanMetric()
         self._val_parts: list[tuple[Tensor, Tensor]] = []
         self.val_distances: Tensor | None = None
         self.threshold: float | None = None
 
+    def eval_model(self):
+        """The model that is validated, tested and attacked: the weight average if kept, else the model."""
+        return self.ema if self.ema is not None else self.model
+
     def forward(self, x: Tensor):
-        return self.model(x)
+        return self.model(x) if self.training else self.eval_model()(x)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is None:
+            return
+        self.ema_updates += 1
+        n = float(self.ema_updates)
+        d = min(float(self.hparams.ema_decay), (1.0 + n) / (10.0 + n))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
 
     def class_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         if self.class_loss_name == "margin":
@@ -57,9 +91,10 @@ class LitReconstructionClassifier(L.LightningModule):
 
     def _step(self, batch, train: bool):
         x, y, idx = batch
-        out = self.model(x)
+        net = self.model if train else self.eval_model()
+        out = net(x)
         pred = out.logits.argmax(1)
-        rec = self.model.reconstruct(out.poses, y if train else pred)
+        rec = net.reconstruct(out.poses, y if train else pred)
         sse = (rec - x).flatten(1).pow(2).sum(1)
         cls = self.class_loss(out.logits, y)
         loss = cls + self.hparams.recon_weight * sse.mean()
@@ -81,6 +116,11 @@ class LitReconstructionClassifier(L.LightningModule):
         self.log("val/loss", loss, on_epoch=True, sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
         self.log("val/distance", self.val_distance, on_epoch=True)
+        if self.ema is not None:  # the raw weights on the same images: the average's paired comparison
+            with torch.no_grad():
+                raw = self.model(batch[0]).logits.argmax(1)
+            self.val_acc_raw(raw, y)
+            self.log("val/acc_raw", self.val_acc_raw, on_epoch=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val_parts = []
@@ -114,9 +154,9 @@ class LitReconstructionClassifier(L.LightningModule):
         k = float(self.hparams.get("capsule_lr_scale", 1.0))
         caps = [p for n, p in self.model.named_parameters() if n.startswith("capsules.") and n.endswith("weight")]
         ids = {id(p) for p in caps}
-        rest = [p for p in self.parameters() if id(p) not in ids]
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
         if k == 1.0 or not caps:  # one group, as before (checkpoints of earlier runs resume unchanged)
-            rest, caps = list(self.parameters()), []
+            rest, caps = list(self.model.parameters()), []
         groups = [{"params": rest}] + ([{"params": caps, "lr": self.hparams.lr * k}] if caps else [])
         opt = torch.optim.Adam(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_decay == 1.0:
@@ -135,6 +175,12 @@ class LitReconstructionClassifier(L.LightningModule):
             }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        sd = checkpoint.get("state_dict", {})
+        if self.ema is not None and not fitting and any(k.startswith("ema.") for k in sd):
+            # loaded for evaluation: `model` becomes the weight average (the reported model)
+            for k in [k for k in sd if k.startswith("ema.")]:
+                sd["model." + k[len("ema."):]] = sd[k].clone()
         det = checkpoint.get("detection")
         if det is not None:
             self.val_distances = det["val_distances"]

@@ -45,14 +45,16 @@ def _hms(seconds: float) -> str:
 CLEAN_ERROR_TARGETS = {"mnist": 1.0, "fashion_mnist": 10.5}
 
 
-def val_errors(run_dir: str | Path) -> pd.Series | None:
-    """Validation error (%) per epoch, from the run's CSV metrics (None if not logged)."""
+def val_errors(run_dir: str | Path, metric: str = "val/acc") -> pd.Series | None:
+    """Validation error (%) per epoch, from the run's CSV metrics (None if not logged). ``metric``:
+    ``val/acc`` (the evaluated model: the weight average when one is kept) or ``val/acc_raw`` (the
+    raw weights of a run that keeps an average)."""
     frames = [pd.read_csv(f) for f in sorted(Path(run_dir).glob("csv/**/metrics.csv"))]
-    frames = [f for f in frames if "val/acc" in f and "epoch" in f]
+    frames = [f for f in frames if metric in f and "epoch" in f]
     if not frames:
         return None
-    d = pd.concat(frames).dropna(subset=["val/acc"])
-    return None if d.empty else 100 * (1 - d.groupby("epoch")["val/acc"].last().sort_index())
+    d = pd.concat(frames).dropna(subset=[metric])
+    return None if d.empty else 100 * (1 - d.groupby("epoch")[metric].last().sort_index())
 
 
 def last_val_error(errors: pd.Series | None, epochs: int = 1) -> float | None:
@@ -74,7 +76,44 @@ def _recipe(cfg: dict, model: str) -> str:
         parts.append(f"weight decay {tr['weight_decay']}")
     if not model.startswith("capsnet") and ar.get("cnn_dropout"):
         parts.append(f"dropout {ar['cnn_dropout']}")
+    if tr.get("ema_decay"):
+        parts.append(f"weight average (EMA {tr['ema_decay']})")
+    if tr.get("select_best"):
+        parts.append("best validation epoch")
     return ", ".join(parts)
+
+
+def _weight_average_section(rows: list[dict]) -> list[str]:
+    """Paired validation comparison for runs that keep a weight average: the average and the raw
+    weights of the same run on the same 5,000 validation images, beside the same recipe without it."""
+    avg = [r for r in rows if r.get("val_error_raw_last5_pct") is not None]
+    if not avg:
+        return []
+    out = ["", "## Weight averaging, compared on validation", "",
+           "Runs that keep an exponential moving average of the weights (`train.ema_decay`) validate both "
+           "the average (the model tested, thresholded and attacked) and the raw weights after every epoch. "
+           "Validation error (%), mean of the last 5 epochs; `without` is the run of the same recipe, seed "
+           "and epochs without the average (its raw weights follow the same trajectory up to float "
+           "nondeterminism).", "",
+           "| dataset | model | seed | average | raw weights (same run) | without (run) | test error: average | test error: without |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in avg:
+        twin = [o for o in rows if o.get("error_pct") is not None and o is not r and o["dataset"] == r["dataset"]
+                and o["model"] == r["model"] and o["seed"] == r["seed"] and o["epochs"] == r["epochs"]
+                and o["recipe"] == r["recipe"].rsplit(", weight average", 1)[0]]
+        t = twin[0] if twin else None
+        without = "-" if t is None or t["val_error_last5_pct"] is None else \
+            f"{t['val_error_last5_pct']:.2f} ({t['config_hash']})"
+        out.append(f"| {DATASET_NAMES[r['dataset']]} | {PAPER_NAMES[r['model']]} | {r['seed']} | "
+                   f"{r['val_error_last5_pct']:.2f} | {r['val_error_raw_last5_pct']:.2f} | {without} | "
+                   f"{r['error_pct']:.2f} | {'-' if t is None else format(t['error_pct'], '.2f')} |")
+    return out
+
+
+def _epochs_cell(r: dict) -> str:
+    """Epochs trained, and which epoch's model was kept when the best validation epoch was selected."""
+    sel = r.get("selected_epoch")
+    return f"{r['epochs']}" if sel is None or pd.isna(sel) else f"{r['epochs']} (model of epoch {int(sel)})"
 
 
 def _target_cell(r: dict) -> str:
@@ -119,11 +158,13 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
                 rows.append({
                     "dataset": ds, "model": model, "error_pct": round(err, 2), "paper_error_pct": ref,
                     "diff_pct": None if ref is None else round(err - ref, 2), "epochs": s["epochs"],
+                    "selected_epoch": s.get("selected_epoch"),
                     "train_wall": _hms(s["train_wall_s"]), "train_wall_s": s["train_wall_s"], "seed": s["seed"],
                     "arch": s["arch"], "config_hash": s["config_hash"], "params": s["parameters"],
                     "test_size": s.get("test_size"), "threshold_5pct_fpr": round(s["threshold"], 4),
                     "device": s.get("device"), "run_dir": s["run_dir"], "recipe": recipe,
                     "val_error_pct": last_val_error(val), "val_error_last5_pct": last_val_error(val, 5),
+                    "val_error_raw_last5_pct": last_val_error(val_errors(run_files, "val/acc_raw"), 5),
                     "target_pct": target,
                     "meets_target": None if target is None else bool(round(err, 2) <= target),
                     "default_config": s["config_hash"] == default_hash.get((ds, model)), "note": "",
@@ -158,9 +199,10 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
             f"{r['diff_pct']:+.2f} | {_target_cell(r)} | "
             f"{'' if r['val_error_pct'] is None else format(r['val_error_pct'], '.2f')} | "
             f"{'' if r['val_error_last5_pct'] is None else format(r['val_error_last5_pct'], '.2f')} | "
-            f"{r['epochs']} | {r['train_wall']} | {r['seed']} | "
+            f"{_epochs_cell(r)} | {r['train_wall']} | {r['seed']} | "
             f"`{r['arch']}` ({r['config_hash']}) | {'yes' if r['default_config'] else 'no'} | {r['recipe']} | "
             f"{r['params']:,} | {r['threshold_5pct_fpr']} |")
+    lines += _weight_average_section(rows)
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores. Wall time is "
               "the training loop's (validation included), accumulated across resumes; runs that shared the CPU "
               "with other jobs took longer than the throughput in `make bench` implies."]

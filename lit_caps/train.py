@@ -46,7 +46,8 @@ def build(cfg: dict):
     arch["image_shape"] = dm.image_shape
     module = LitReconstructionClassifier(model=cfg["model"], arch=arch, lr=t["lr"], lr_decay=t.get("lr_decay", 1.0),
                                          weight_decay=t.get("weight_decay", 0.0), recon_weight=t["recon_weight"],
-                                         fpr=t.get("fpr", 0.05), capsule_lr_scale=t.get("capsule_lr_scale", 1.0))
+                                         fpr=t.get("fpr", 0.05), capsule_lr_scale=t.get("capsule_lr_scale", 1.0),
+                                         ema_decay=t.get("ema_decay", 0.0))
     return dm, module
 
 
@@ -55,7 +56,7 @@ def fit(cfg: dict, runs_root: str | Path = "runs", run_dir: str | Path | None = 
     """Train one model per ``cfg``; returns the summary dict (also written to summary.json)."""
     import lightning as L
 
-    from .callbacks import LastCheckpoint, WallClock
+    from .callbacks import BestCheckpoint, LastCheckpoint, WallClock
 
     run = Path(run_dir) if run_dir else run_dir_for(cfg, runs_root)
     summary_path = run / "summary.json"
@@ -81,6 +82,9 @@ def fit(cfg: dict, runs_root: str | Path = "runs", run_dir: str | Path | None = 
     clock = WallClock()
     # a killed run loses at most checkpoint_every_n_steps steps; the final one holds the threshold
     callbacks = [LastCheckpoint(last, t.get("checkpoint_every_n_steps", 100)), clock] + list(extra_callbacks or [])
+    best = BestCheckpoint(run / "checkpoints" / "best.ckpt") if t.get("select_best") else None
+    if best is not None:  # before LastCheckpoint, so last.ckpt holds the updated best score
+        callbacks.insert(0, best)
     loggers = make_loggers(cfg, run)
     trainer = L.Trainer(default_root_dir=str(run), logger=loggers, callbacks=callbacks, enable_checkpointing=False,
                         enable_progress_bar=cfg.get("progress_bar", True), **_trainer_kwargs(t))
@@ -89,14 +93,25 @@ def fit(cfg: dict, runs_root: str | Path = "runs", run_dir: str | Path | None = 
         print(f"[lit-caps] resuming {run} from {last}")
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     wall = clock.elapsed
+    checkpoint = last
+    if best is not None and best.path.is_file():
+        # train.select_best: the model is the best validation epoch's (weights, average, threshold)
+        import torch
+
+        ck = torch.load(best.path, map_location="cpu", weights_only=False)
+        module.load_state_dict(ck["state_dict"])
+        module.val_distances, module.threshold = ck["detection"]["val_distances"], ck["detection"]["threshold"]
+        checkpoint = best.path
     summary = {
         "run_dir": str(run), "config_hash": config_hash(cfg), "dataset": cfg["data"]["name"], "model": cfg["model"],
         "arch": cfg["arch_name"], "seed": cfg["seed"], "epochs": trainer.current_epoch,
         "max_epochs": t["max_epochs"], "global_step": trainer.global_step, "train_wall_s": round(wall, 1),
         "threshold": module.threshold, "fpr": module.hparams.fpr,
         "parameters": sum(p.numel() for p in module.model.parameters()),
-        "device": str(trainer.strategy.root_device), "checkpoint": str(last),
+        "device": str(trainer.strategy.root_device), "checkpoint": str(checkpoint),
     }
+    if best is not None:
+        summary.update(selected_epoch=best.best_epoch, selected_val_acc=best.best, last_checkpoint=str(last))
     if test:
         res = trainer.test(module, datamodule=dm, verbose=False)[0]
         summary.update(test_acc=res["test/acc"], test_error=1.0 - res["test/acc"],

@@ -10,6 +10,8 @@ import torch
 # W&B never goes online from tests; set before wandb is imported anywhere.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Tests check the shipped configs (and pin their hashes): a recipe set in the shell must not leak in.
+os.environ.pop("LIT_CAPS_RECIPE", None)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -76,6 +76,35 @@ def test_find_run_prefers_the_default_config_over_a_newer_experiment(tmp_path):
     assert ex.find_run(tmp_path, "mnist", "cnn_cr")["config_hash"] == other
 
 
+
+def test_recipe_selects_its_runs_strictly_and_best_checkpoints_are_used(tmp_path, monkeypatch):
+    """LIT_CAPS_RECIPE composes every config with its overrides; the tables then take that recipe's
+    runs and never fall back to another recipe's. A run that selected its best validation epoch is
+    used through best.ckpt."""
+    from lit_caps.config import compose, config_hash
+
+    default = config_hash(compose("cnn_cr", "mnist"))
+    monkeypatch.setenv("LIT_CAPS_RECIPE", "train.ema_decay=0")
+    before = config_hash(compose("cnn_cr", "mnist"))
+    assert before != default and compose("cnn_cr", "mnist")["train"]["ema_decay"] == 0
+    assert compose("cnn_cr", "mnist", overrides=["train.ema_decay=0.5"])["train"]["ema_decay"] == 0.5  # CLI wins
+    d = tmp_path / "mnist" / f"cnn_cr-mnist-s0-{default}"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"model": "cnn_cr", "dataset": "mnist", "seed": 0, "arch": "mnist",
+                                                "complete": True, "config_hash": default,
+                                                "checkpoint": "elsewhere/checkpoints/best.ckpt"}))
+    with pytest.raises(ex.RunNotFoundError, match=r"train.ema_decay=0"):
+        ex.find_run(tmp_path, "mnist", "cnn_cr")  # only the default recipe's run exists
+    monkeypatch.delenv("LIT_CAPS_RECIPE")
+    s = ex.find_run(tmp_path, "mnist", "cnn_cr")
+    assert s["config_hash"] == default and s["checkpoint"] == str(d / "checkpoints" / "best.ckpt")
+    cfg_file = tmp_path / "c.yaml"
+    import yaml
+
+    cfg_file.write_text(yaml.safe_dump(compose("cnn_cr", "mnist")))
+    monkeypatch.setenv("LIT_CAPS_RECIPE", "train.ema_decay=0")
+    assert config_hash(compose(config_file=str(cfg_file))) == default  # a run's own config is taken as is
+
 def test_scales():
     assert set(ex.SCALES) == {"smoke", "quick", "paper"}
     for sc in ex.SCALES.values():

@@ -48,3 +48,31 @@ def test_paper_tables_are_packaged():
     assert len(t4) == 9 and set(t4.model) == {"capsnet", "cnn_cr", "cnn_r"}
     t3 = paper_table("table3_rpgd")
     assert set(t3.columns) == {"dataset", "model", "attack", "targeted", "success_rate", "undetected_rate"}
+
+
+def test_clean_error_report_pairs_weight_average_runs_on_validation(tmp_path):
+    """A run that keeps a weight average is listed with its raw weights' validation error and beside
+    the run of the same recipe without the average."""
+    import yaml
+
+    runs = tmp_path / "runs"
+    train = {"lr": 0.001, "lr_decay": 0.95}
+    for name, err, h, ema, rows in [
+        ("plain", 0.11, "aaaa1111", None, "epoch,step,val/acc\n0,10,0.88\n1,20,0.89\n"),
+        ("avg", 0.10, "bbbb2222", 0.999, "epoch,step,val/acc,val/acc_raw\n0,10,0.89,0.88\n1,20,0.90,0.89\n"),
+    ]:
+        d = runs / "fashion_mnist" / name
+        (d / "csv" / "version_0").mkdir(parents=True)
+        (d / "csv" / "version_0" / "metrics.csv").write_text(rows)
+        s = dict(_summary("fashion_mnist", "cnn_r", err), config_hash=h, run_dir=str(d))
+        (d / "summary.json").write_text(json.dumps(s))
+        cfg = {"train": dict(train, **({"ema_decay": ema} if ema else {})), "data": {"batch_size": 128, "shift": 0},
+               "arch": {}}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    df = clean_error_report(runs, tmp_path / "reports")
+    avg = df[df.config_hash == "bbbb2222"].iloc[0]
+    assert avg.recipe.endswith("weight average (EMA 0.999)") and avg.val_error_raw_last5_pct == 11.5
+    assert pd.isna(df[df.config_hash == "aaaa1111"].iloc[0].val_error_raw_last5_pct)
+    md = (tmp_path / "reports" / "clean_error.md").read_text()
+    assert "## Weight averaging, compared on validation" in md
+    assert "| Fashion-MNIST | CNN+R | 0 | 10.50 | 11.50 | 11.50 (aaaa1111) | 10.00 | 11.00 |" in md

@@ -148,3 +148,91 @@ def test_capsule_lr_scale_param_groups():
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in m.parameters())
     cnn = LitReconstructionClassifier("cnn_cr", arch=arch, capsule_lr_scale=30.0).configure_optimizers()
     assert len(cnn.param_groups) == 1  # no capsule layers: nothing to scale
+
+
+def test_weight_average_is_what_is_evaluated_and_resume_keeps_raw_weights(data_root, tmp_path):
+    """train.ema_decay: the average is validated/tested/thresholded and is what a loaded checkpoint's
+    ``model`` holds; the raw weights are validated too (val/acc_raw) and are what a resumed fit continues."""
+    from lit_caps.module import LitReconstructionClassifier
+
+    base = smoke_cfg("cnn_cr", root=data_root)
+    cfg = smoke_cfg("cnn_cr", root=data_root, extra=["train.ema_decay=0.9"])
+    assert config_hash(cfg) != config_hash(base)
+    s = fit(cfg, runs_root=tmp_path)
+    ck = torch.load(s["checkpoint"], weights_only=False)
+    sd = ck["state_dict"]
+    ema = {k[len("ema."):]: v for k, v in sd.items() if k.startswith("ema.")}
+    raw = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    assert ema.keys() == raw.keys() and int(sd["ema_updates"]) == 10
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    header = (Path(s["run_dir"]) / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val/acc_raw" in header and "val/acc" in header
+    loaded = LitReconstructionClassifier.load_from_checkpoint(s["checkpoint"], map_location="cpu")
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    assert loaded.eval_model() is loaded.ema and loaded.threshold == s["threshold"]
+
+    class Capture(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.raw = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+            self.ema = {k: v.clone() for k, v in pl_module.ema.state_dict().items()}
+
+    cap = Capture()
+    cfg2 = smoke_cfg("cnn_cr", root=data_root, extra=["train.ema_decay=0.9", "train.max_epochs=2"])
+    s2 = fit(cfg2, runs_root=tmp_path, extra_callbacks=[cap])
+    assert s2["run_dir"] == s["run_dir"] and s2["epochs"] == 2
+    for k in raw:
+        assert torch.equal(cap.raw[k], raw[k]) and torch.equal(cap.ema[k], ema[k]), k
+
+
+def test_weight_average_update():
+    """ema <- d * ema + (1 - d) * model after every step, d = min(decay, (1 + n) / (10 + n))."""
+    from lit_caps.config import load_group
+    from lit_caps.module import LitReconstructionClassifier
+
+    m = LitReconstructionClassifier("cnn_r", arch=load_group("arch", "mnist"), ema_decay=0.99)
+    p_ema, p = next(m.ema.parameters()), next(m.model.parameters())
+    before = p_ema.detach().clone()
+    with torch.no_grad():
+        p.add_(1.0)
+    m.on_train_batch_end(None, None, 0)
+    d = min(0.99, 2 / 11)
+    assert torch.allclose(p_ema, d * before + (1 - d) * p.detach(), atol=1e-6)
+    assert int(m.ema_updates) == 1 and not p_ema.requires_grad
+    opt = m.configure_optimizers()  # the average is never optimized
+    ids = {id(q) for g in opt.param_groups for q in g["params"]}
+    assert id(p_ema) not in ids and id(p) in ids
+    with pytest.raises(ValueError, match="ema_decay"):
+        LitReconstructionClassifier("cnn_r", arch=load_group("arch", "mnist"), ema_decay=1.0)
+
+
+def test_select_best_keeps_the_best_validation_epoch(data_root, tmp_path):
+    """train.select_best: best.ckpt holds the epoch with the highest val/acc and its threshold; the
+    summary's checkpoint (what every report and attack loads) is that one."""
+    import pandas as pd
+
+    cfg = smoke_cfg("cnn_r", root=data_root, extra=["train.select_best=true", "train.max_epochs=3"])
+    s = fit(cfg, runs_root=tmp_path)
+    run = Path(s["run_dir"])
+    assert s["checkpoint"] == str(run / "checkpoints" / "best.ckpt") and s["epochs"] == 3
+    m = pd.concat(pd.read_csv(f) for f in run.glob("csv/**/metrics.csv")).dropna(subset=["val/acc"])
+    per_epoch = m.groupby("epoch")["val/acc"].last()
+    assert s["selected_epoch"] == int(per_epoch.idxmax()) + 1
+    assert s["selected_val_acc"] == pytest.approx(per_epoch.max(), abs=1e-6)
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["detection"]["threshold"] == s["threshold"] and best["epoch"] == s["selected_epoch"] - 1
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    cb = [v for k, v in last["callbacks"].items() if k.startswith("BestCheckpoint")][0]
+    assert cb["best_epoch"] == s["selected_epoch"]  # a resumed fit keeps the best score
+
+
+def test_options_switched_off_keep_the_hash_of_runs_made_before_them():
+    """train.ema_decay=0, train.select_best=false and data.hflip=false identify the same model as a
+    config without those keys (runs made before the options existed keep their hash)."""
+    old = compose("cnn_cr", "fashion_mnist")
+    old["train"].pop("ema_decay", None)
+    off = compose("cnn_cr", "fashion_mnist", overrides=["train.ema_decay=0", "train.select_best=false",
+                                                       "data.hflip=false"])
+    assert config_hash(off) == config_hash(old)
+    assert config_hash(compose("cnn_cr", "fashion_mnist", overrides=["train.ema_decay=0.99"])) != config_hash(old)
+    assert compose("capsnet", "mnist")["train"]["ema_decay"] == 0.999  # the default keeps a weight average
