@@ -167,6 +167,13 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
                                f"{' '.join(recipe_overrides())!r} (config {default}) under {root}/. Train it with:\n"
                                f"    {_fit_command(dataset, model, seed, arch)}")
     p, s = max(found, key=lambda ps: ps[0].stat().st_mtime_ns)
+    if default is not None and s.get("config_hash") != default:
+        import sys
+
+        print(f"[lit-caps] warning: no complete run of the default config ({default}) for {model} on {dataset} "
+              f"(seed {seed}); using the newest complete run {p.parent} (config {s.get('config_hash')}). "
+              f"Train the default with `{_fit_command(dataset, model, seed, arch)}`, or set LIT_CAPS_RECIPE "
+              f"to use one recipe's runs only.", file=sys.stderr)
     # the run's model: last.ckpt, or best.ckpt for runs that select the best validation epoch
     ckpt = p.parent / "checkpoints" / Path(s.get("checkpoint") or "last.ckpt").name
     return dict(s, run_dir=str(p.parent), checkpoint=str(ckpt), summary_path=str(p))

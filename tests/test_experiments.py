@@ -55,7 +55,7 @@ def test_find_run(runs):
         ex.find_run(runs, "mnist", MODEL, arch="sabour")
 
 
-def test_find_run_prefers_the_default_config_over_a_newer_experiment(tmp_path):
+def test_find_run_prefers_the_default_config_over_a_newer_experiment(tmp_path, capsys):
     """A newer run of another recipe (e.g. `arch.cnn_dropout=0.5`) never replaces the default
     config's run in the tables; without a default run the newest is used."""
     import os
@@ -74,6 +74,7 @@ def test_find_run_prefers_the_default_config_over_a_newer_experiment(tmp_path):
     assert ex.find_run(tmp_path, "mnist", "cnn_cr")["config_hash"] == default
     (tmp_path / "mnist" / f"cnn_cr-mnist-s0-{default}" / "summary.json").unlink()
     assert ex.find_run(tmp_path, "mnist", "cnn_cr")["config_hash"] == other
+    assert f"no complete run of the default config ({default})" in capsys.readouterr().err  # never silently
 
 
 
