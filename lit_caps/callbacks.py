@@ -67,7 +67,6 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
 
-
 class BestCheckpoint(LastCheckpoint):
     """``best.ckpt``: the checkpoint after the validation epoch with the highest ``monitor``
     (default ``val/acc``: the evaluated model's validation accuracy), written atomically with that
@@ -97,6 +96,7 @@ class BestCheckpoint(LastCheckpoint):
 
     def load_state_dict(self, state_dict):
         self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
+
 
 def expand_attack_specs(attacks, targeted=("targeted", "untargeted"), betas=(0.5,), **common) -> list[dict]:
     """Attack names (or dicts) -> one spec per (attack, targeted, beta). R-* attacks get every beta."""

@@ -98,15 +98,12 @@ class RunNotFoundError(FileNotFoundError):
 
 
 def _fit_command(dataset: str, model: str, seed: int, arch: str | None = None) -> str:
-    from .config import DEFAULT_ARCH
-
-    from .config import recipe_overrides
+    from .config import DEFAULT_ARCH, recipe_overrides
 
     cmd = f"lit-caps fit --model {model} --data {dataset} --seed {seed}"
     if arch is not None and arch != DEFAULT_ARCH.get(dataset):
         cmd += f" --arch {arch}"
-    recipe = recipe_overrides()
-    return cmd + "".join(f" {o}" for o in recipe)
+    return cmd + "".join(f" {o}" for o in recipe_overrides())
 
 
 def _default_hash(dataset: str, model: str, seed: int, arch: str | None) -> str | None:
@@ -129,7 +126,7 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
     directory); ``summary_path`` is added. Raises :class:`RunNotFoundError` naming the
     ``lit-caps fit`` command that makes the run (or resumes an unfinished one).
     """
-    from .config import DEFAULT_ARCH
+    from .config import DEFAULT_ARCH, recipe_overrides
 
     root = Path(runs_root)
     found, unfinished = [], []
@@ -157,14 +154,13 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
         raise RunNotFoundError(msg)
     if arch is None and any(s.get("arch") == DEFAULT_ARCH.get(dataset) for _, s in found):
         found = [(p, s) for p, s in found if s.get("arch") == DEFAULT_ARCH.get(dataset)]
-    from .config import recipe_overrides
-
     default = _default_hash(dataset, model, seed, arch)
+    recipe = recipe_overrides()
     if any(s.get("config_hash") == default for _, s in found):  # the default config's run, however old
         found = [(p, s) for p, s in found if s.get("config_hash") == default]
-    elif recipe_overrides():  # an explicit recipe never falls back to another recipe's model
+    elif recipe:  # an explicit recipe never falls back to another recipe's model
         raise RunNotFoundError(f"no complete run of {model} on {dataset} with seed {seed} and LIT_CAPS_RECIPE="
-                               f"{' '.join(recipe_overrides())!r} (config {default}) under {root}/. Train it with:\n"
+                               f"{' '.join(recipe)!r} (config {default}) under {root}/. Train it with:\n"
                                f"    {_fit_command(dataset, model, seed, arch)}")
     p, s = max(found, key=lambda ps: ps[0].stat().st_mtime_ns)
     if default is not None and s.get("config_hash") != default:
