@@ -45,15 +45,21 @@ def _hms(seconds: float) -> str:
 CLEAN_ERROR_TARGETS = {"mnist": 1.0, "fashion_mnist": 10.5}
 
 
-def val_errors(run_dir: str | Path, metric: str = "val/acc") -> pd.Series | None:
-    """Validation error (%) per epoch, from the run's CSV metrics (None if not logged). ``metric``:
-    ``val/acc`` (the evaluated model: the weight average when one is kept) or ``val/acc_raw`` (the
-    raw weights of a run that keeps an average)."""
+def metrics_frame(run_dir: str | Path) -> pd.DataFrame | None:
+    """All of a run's CSV metrics (every Lightning CSV logger version), read once; None if none."""
     frames = [pd.read_csv(f) for f in sorted(Path(run_dir).glob("csv/**/metrics.csv"))]
-    frames = [f for f in frames if metric in f and "epoch" in f]
-    if not frames:
+    frames = [f for f in frames if "epoch" in f]
+    return pd.concat(frames) if frames else None
+
+
+def val_errors(run: str | Path | pd.DataFrame | None, metric: str = "val/acc") -> pd.Series | None:
+    """Validation error (%) per epoch, from a run's CSV metrics (its folder or :func:`metrics_frame`;
+    None if not logged). ``metric``: ``val/acc`` (the evaluated model: the weight average when one
+    is kept) or ``val/acc_raw`` (the raw weights of a run that keeps an average)."""
+    d = run if run is None or isinstance(run, pd.DataFrame) else metrics_frame(run)
+    if d is None or metric not in d:
         return None
-    d = pd.concat(frames).dropna(subset=[metric])
+    d = d.dropna(subset=[metric])
     return None if d.empty else 100 * (1 - d.groupby("epoch")[metric].last().sort_index())
 
 
@@ -153,7 +159,8 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
                 cfg = yaml.safe_load((run_files / "config.yaml").read_text()) \
                     if (run_files / "config.yaml").is_file() else {}
                 recipe = _recipe(cfg, model)
-                val = val_errors(run_files)
+                metrics = metrics_frame(run_files)
+                val = val_errors(metrics)
                 target = CLEAN_ERROR_TARGETS.get(ds)
                 rows.append({
                     "dataset": ds, "model": model, "error_pct": round(err, 2), "paper_error_pct": ref,
@@ -164,7 +171,7 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
                     "test_size": s.get("test_size"), "threshold_5pct_fpr": round(s["threshold"], 4),
                     "device": s.get("device"), "run_dir": s["run_dir"], "recipe": recipe,
                     "val_error_pct": last_val_error(val), "val_error_last5_pct": last_val_error(val, 5),
-                    "val_error_raw_last5_pct": last_val_error(val_errors(run_files, "val/acc_raw"), 5),
+                    "val_error_raw_last5_pct": last_val_error(val_errors(metrics, "val/acc_raw"), 5),
                     "target_pct": target,
                     "meets_target": None if target is None else bool(round(err, 2) <= target),
                     "default_config": s["config_hash"] == default_hash.get((ds, model)), "note": "",
