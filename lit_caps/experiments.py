@@ -605,6 +605,7 @@ def table1(dataset: str = "mnist", scale: str = "quick", runs_root: str | os.Pat
     cells = [Cell(m, a, t, compute=m in computed) for a in STANDARD_ATTACKS for t in (True, False) for m in models]
     paper = _paper_lookup("table5_whitebox_standard", dataset)
     command = f"lit-caps reproduce table1 --data {dataset} --scale {scale}"
+    fig = Path(report_dir) / "figures" / f"table1_undetected_vs_fpr_{dataset}_{scale}.png"
 
     def report() -> pd.DataFrame:
         order = {(m, t, a): i for i, (m, t, a) in enumerate((m, t, a) for m in models for t in (True, False)
@@ -623,6 +624,9 @@ def table1(dataset: str = "mnist", scale: str = "quick", runs_root: str | os.Pat
             cells_md = [f"{_pair(by[(m, t, a)])} ({_paper_pair(by[(m, t, a)])})" for t in (True, False)
                         for a in STANDARD_ATTACKS]
             md.append(f"| {_model_name(m)} | " + " | ".join(cells_md) + " |")
+        if _table1_figure(cells, models, fig, f"{DATASET_NAMES.get(dataset, dataset)}: Table 1 attacks ({scale})"):
+            md += ["", f"[Undetected rate vs FPR]({fig.relative_to(Path(report_dir)).as_posix()}) of every finished "
+                   "cell (one panel per attack, one line per model; the dotted line is the 5% FPR of the tables)."]
         md += ["", "## Every cell", ""] + _detail_table(rows)
         md += ["", "## Attack settings", ""] + _settings_table(rows)
         md += ["", "## Models", ""] + _models_table(runs)
@@ -632,6 +636,29 @@ def table1(dataset: str = "mnist", scale: str = "quick", runs_root: str | os.Pat
     return _run_and_report(tag, cells, runs, dataset, sc, report, Path(report_dir) / f"table1_{dataset}_{scale}.md",
                            attack_seed=attack_seed, out_dir=results_dir(out_dir, scale), device=device,
                            only_report=only_report, progress=progress)
+
+
+def _table1_figure(cells: list[Cell], models, path: Path, title: str) -> bool:
+    """Undetected rate vs FPR of every finished Table 1 cell: a panel per (targeted, attack), a line
+    per model. Returns False (and draws nothing) while no cell has finished."""
+    from .plots import plot_undetected_vs_fpr_panels
+
+    by = {(c.model, c.attack, c.targeted): c for c in cells}
+    panels, any_curve = {}, False
+    for t in (True, False):
+        for a in STANDARD_ATTACKS:
+            curves = {}
+            for m in models:
+                c = by.get((m, a, t))
+                f = c.result["summary"].get("undetected_vs_fpr") if c is not None and c.complete else None
+                if f:
+                    curves[_model_name(m)] = (f["fpr"], f["undetected_rate"])
+            panels[f"{'targeted' if t else 'untargeted'} {ATTACK_NAMES[a]}"] = curves
+            any_curve = any_curve or bool(curves)
+    if any_curve:
+        plot_undetected_vs_fpr_panels(panels, path, title, ncols=len(STANDARD_ATTACKS),
+                                      colors={_model_name(m): f"C{i}" for i, m in enumerate(models)})
+    return any_curve
 
 
 # -- R-PGD over beta (Fig. 9, Table 3 / Table 6, Fig. 2) ------------------------------------------------

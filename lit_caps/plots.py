@@ -39,10 +39,12 @@ def plot_undetected_vs_fpr(curves: dict, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def _fpr_axes(ax, curves: dict, title: str = "", title_size=None, legend_size: int = 8) -> None:
-    """One undetected-rate-vs-FPR panel: a line per label, the 5% FPR marked, axes in %."""
+def _fpr_axes(ax, curves: dict, title: str = "", title_size=None, legend_size: int = 8,
+              colors: dict | None = None) -> None:
+    """One undetected-rate-vs-FPR panel: a line per label (``colors``: label -> colour, so that a
+    label keeps its colour across panels), the 5% FPR marked, axes in %."""
     for label, (fprs, rates) in curves.items():
-        ax.plot(100 * _np(fprs), 100 * _np(rates), label=str(label), lw=1.8)
+        ax.plot(100 * _np(fprs), 100 * _np(rates), label=str(label), lw=1.8, color=(colors or {}).get(label))
     ax.axvline(5, color="grey", ls=":", lw=1, label="FPR 5%")
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
@@ -255,12 +257,18 @@ def plot_reconstruction_pairs(pairs: dict, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def plot_undetected_vs_fpr_panels(panels: dict, path, title: str = "") -> Path:
-    """Several undetected-rate-vs-FPR panels side by side (Fig. 3): panel title -> curves
-    (label -> (fprs, undetected rates), fractions)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.7), squeeze=False)
-    for ax, (name, curves) in zip(axes[0], panels.items()):
-        _fpr_axes(ax, curves, name, title_size=9, legend_size=7)
+def plot_undetected_vs_fpr_panels(panels: dict, path, title: str = "", ncols: int | None = None,
+                                  colors: dict | None = None) -> Path:
+    """Several undetected-rate-vs-FPR panels (Fig. 3; Table 1's attacks): panel title -> curves
+    (label -> (fprs, undetected rates), fractions), ``ncols`` per row (default: all in one row),
+    ``colors``: label -> colour in every panel."""
+    ncols = min(ncols or len(panels), len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.7 * nrows), squeeze=False)
+    for ax, (name, curves) in zip(axes.ravel(), panels.items()):
+        _fpr_axes(ax, curves, name, title_size=9, legend_size=7, colors=colors)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -164,6 +164,8 @@ def test_table1_report_reuse_and_pending(runs, dirs, capsys):
     assert "| CNN+CR |" in text and "(95/0)" in text and "(100/28)" in text and "N = 20 test images" in text
     cnn_cr_line = next(line for line in text.splitlines() if line.startswith("| CNN+CR |"))
     assert "pending" not in cnn_cr_line
+    fig = rep / "figures" / "table1_undetected_vs_fpr_mnist_smoke.png"
+    assert fig.is_file() and fig.stat().st_size > 10_000 and "(figures/table1_undetected_vs_fpr_mnist_smoke.png)" in text
 
     # rerun: every cell reused, nothing recomputed
     before = _mtimes(out)
