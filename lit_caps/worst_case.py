@@ -517,10 +517,8 @@ def _report(name, stem, scale, sc, datasets, models, attacks, runs, unavailable,
                       f"{s.get('arch')} | {s.get('epochs')} | {ex._num(None if err is None else 100 * err, '{:.2f}')} | "
                       f"{ex._dur(s.get('train_wall_s') or 0)} | {run.threshold:.4f} ({run.fpr:g}) | "
                       f"{s.get('config_hash')} | {run.model_hash} |")
-    attack_wall = sum(r.get("search_wall_time_s") or 0 for r in rows)
-    md += ["", f"Attack wall time summed over the measured cells: {ex._dur(attack_wall)} (from the result files: "
-           f"the time it took when each was computed, resumes included). This invocation: {ex._dur(elapsed)}."]
-    md += ex._footer(beta_rows, device)[1:]
+    footer = ex._footer(beta_rows, device)  # ["", attack wall time and devices, date]
+    md += ["", f"{footer[1]} This invocation took {ex._dur(elapsed)}.", footer[2]]
     df = pd.DataFrame(rows + beta_rows)
     out = Path(report_dir)
     write_atomic(out / f"{stem}.csv", df.to_csv(index=False))
