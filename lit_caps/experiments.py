@@ -662,6 +662,22 @@ def _table1_figure(cells: list[Cell], models, path: Path, title: str) -> bool:
 
 
 # -- R-PGD over beta (Fig. 9, Table 3 / Table 6, Fig. 2) ------------------------------------------------
+def beta_series(cells: list[Cell]) -> tuple | None:
+    """(success, undetected, best-iterate undetected) of the finished ``cells`` (one model and
+    targeting) over beta, each ``(betas, rates[, ci_lo, ci_hi])`` as ``plot_rates_vs_beta`` takes
+    them; None when none is finished."""
+    cs = sorted((c for c in cells if c.complete), key=lambda c: c.beta)
+    if not cs:
+        return None
+    b = [c.beta for c in cs]
+    ss = [c.result["summary"] for c in cs]
+
+    def one(k):
+        return b, [s[f"{k}_rate"] for s in ss], [s[f"{k}_ci"][0] for s in ss], [s[f"{k}_ci"][1] for s in ss]
+
+    return one("success"), one("undetected"), (b, [s["best_undetected_rate"] for s in ss])
+
+
 def _worst(cells: list[Cell], key: str = "undetected_rate") -> Cell | None:
     done = [c for c in cells if c.complete]
     if not done:
@@ -680,7 +696,10 @@ def rpgd_beta_grid(dataset: str = "mnist", scale: str = "quick", runs_root: str 
     rate, beside the paper's Table 3 and Table 6 R-PGD) and the figures
     ``<report_dir>/figures/fig9_rpgd_beta_<dataset>_<scale>.png`` (targeted success and undetected
     rate vs beta, Fig. 9) and ``fig2_undetected_vs_fpr_<dataset>_<scale>.png`` (undetected rate vs FPR
-    of each model's worst-case targeted R-PGD, Fig. 2). Rows: every beta cell, then the worst cases
+    of each model's worst-case targeted R-PGD, Fig. 2); the same two for untargeted R-PGD, once an
+    untargeted beta is finished, as ``fig9_rpgd_beta_<dataset>_untargeted_<scale>.png`` and
+    ``fig2_undetected_vs_fpr_<dataset>_untargeted_<scale>.png``. Fig. 9 also draws the best-iterate
+    undetected rate (dashed). Rows: every beta cell, then the worst cases
     (``row_kind`` "beta" / "worst" / "worst_best_iterate").
     """
     from .plots import plot_rates_vs_beta, plot_undetected_vs_fpr
@@ -698,6 +717,9 @@ def rpgd_beta_grid(dataset: str = "mnist", scale: str = "quick", runs_root: str 
     fig_dir = Path(report_dir) / "figures"
     fig9 = fig_dir / f"fig9_rpgd_beta_{dataset}_{scale}.png"
     fig2 = fig_dir / f"fig2_undetected_vs_fpr_{dataset}_{scale}.png"
+    fig_paths = {True: (fig9, fig2),  # the paper's Fig. 9 / Fig. 2 are targeted; untargeted beside them
+                 False: (fig_dir / f"fig9_rpgd_beta_{dataset}_untargeted_{scale}.png",
+                         fig_dir / f"fig2_undetected_vs_fpr_{dataset}_untargeted_{scale}.png")}
     command = f"lit-caps reproduce rpgd-beta --data {dataset} --scale {scale}"
 
     def report() -> pd.DataFrame:
@@ -739,10 +761,16 @@ def rpgd_beta_grid(dataset: str = "mnist", scale: str = "quick", runs_root: str 
                       f"{_diff(r['diff_undetected_pct'])} | "
                       + (f"{rb['beta']:g}: {_ci(rb, 'best_undetected')}" if rb["beta"] is not None else rb["status"])
                       + " |")
-        md += ["", f"Figures: [Fig. 9]({fig9.relative_to(Path(report_dir)).as_posix()}) (targeted success and "
-               f"undetected rate vs beta, shaded: 95% CI), [Fig. 2]({fig2.relative_to(Path(report_dir)).as_posix()}) "
-               "(undetected rate vs FPR of each model's worst-case targeted R-PGD).", "",
-               "## Every beta", ""] + _detail_table(rows, with_beta=True)
+        links = []
+        for t in targeted:
+            if t is not True and not any(c.complete for c in cells if c.targeted == t):
+                continue
+            kind = "targeted" if t else "untargeted"
+            p9, p2 = (p.relative_to(Path(report_dir)).as_posix() for p in fig_paths[t])
+            links.append(f"{kind}: [Fig. 9]({p9}) (success and undetected rate vs beta, shaded: 95% CI; dashed: "
+                         f"best-iterate undetected rate), [Fig. 2]({p2}) (undetected rate vs FPR of each model's "
+                         f"worst-case {kind} R-PGD)")
+        md += ["", "Figures, " + "; ".join(links) + ".", "", "## Every beta", ""] + _detail_table(rows, with_beta=True)
         md += ["", "(`paper` here: the worst-case Table 3 value, the same for every beta.)", "",
                "## Attack settings", ""] + _settings_table(rows)
         md += ["", "## Models", ""] + _models_table(runs)
@@ -752,25 +780,25 @@ def rpgd_beta_grid(dataset: str = "mnist", scale: str = "quick", runs_root: str 
         return df
 
     def _figures() -> None:
-        t = True if True in targeted else targeted[0]
-        succ, und, curves = {}, {}, {}
-        for m in models:
-            cs = sorted((c for c in cells if c.model == m and c.targeted == t and c.complete), key=lambda c: c.beta)
-            if cs:
-                ss = [c.result["summary"] for c in cs]
-                b = [c.beta for c in cs]
-                succ[_model_name(m)] = (b, [s["success_rate"] for s in ss], [s["success_ci"][0] for s in ss],
-                                        [s["success_ci"][1] for s in ss])
-                und[_model_name(m)] = (b, [s["undetected_rate"] for s in ss], [s["undetected_ci"][0] for s in ss],
-                                       [s["undetected_ci"][1] for s in ss])
-            w = _worst([c for c in cells if c.model == m and c.targeted == t])
-            if w is not None and w.result["summary"].get("undetected_vs_fpr"):
-                f = w.result["summary"]["undetected_vs_fpr"]
-                curves[f"{_model_name(m)} (beta={w.beta:g})"] = (f["fpr"], f["undetected_rate"])
-        kind = "targeted" if t else "untargeted"
         name = DATASET_NAMES.get(dataset, dataset)
-        plot_rates_vs_beta(succ, und, fig9, f"{kind.capitalize()} R-PGD on {name} ({scale})")
-        plot_undetected_vs_fpr(curves, fig2, f"{name}: worst-case {kind} R-PGD ({scale})")
+        for t in targeted:
+            kind = "targeted" if t else "untargeted"
+            series = {_model_name(m): beta_series([c for c in cells if c.model == m and c.targeted == t])
+                      for m in models}
+            series = {k: v for k, v in series.items() if v is not None}
+            curves = {}
+            for m in models:
+                w = _worst([c for c in cells if c.model == m and c.targeted == t])
+                if w is not None and w.result["summary"].get("undetected_vs_fpr"):
+                    f = w.result["summary"]["undetected_vs_fpr"]
+                    curves[f"{_model_name(m)} (beta={w.beta:g})"] = (f["fpr"], f["undetected_rate"])
+            p9, p2 = fig_paths[t]
+            if t is not True and not series:
+                continue  # the untargeted figures appear once an untargeted beta is finished
+            plot_rates_vs_beta({k: v[0] for k, v in series.items()}, {k: v[1] for k, v in series.items()}, p9,
+                               f"{kind.capitalize()} R-PGD on {name} ({scale})",
+                               best_undetected={k: v[2] for k, v in series.items()})
+            plot_undetected_vs_fpr(curves, p2, f"{name}: worst-case {kind} R-PGD ({scale})")
 
     return _run_and_report(tag, cells, runs, dataset, sc, report, f"{Path(report_dir) / f'{stem}.md'}; figures: {fig9}, {fig2}",
                            attack_seed=attack_seed, out_dir=results_dir(out_dir, scale), device=device,

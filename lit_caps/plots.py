@@ -81,17 +81,22 @@ def plot_distance_histograms(clean, adv: dict, threshold: float | None, path, ti
     return _save(fig, path)
 
 
-def plot_rates_vs_beta(success: dict, undetected: dict, path, title: str = "") -> Path:
+def plot_rates_vs_beta(success: dict, undetected: dict, path, title: str = "",
+                       best_undetected: dict | None = None) -> Path:
     """Success rate (a) and undetected rate (b), in %, against the R-* attacks' beta, one line per
     label (the paper's Fig. 9). ``success`` / ``undetected``: label -> (betas, rates) or
     (betas, rates, ci_lo, ci_hi), rates and interval bounds as fractions; the intervals are drawn
-    as shaded bands."""
+    as shaded bands. ``best_undetected`` (optional, same form): the best-iterate undetected rate,
+    drawn dashed in (b) in its label's colour."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
+    colors = {}
     for ax, series, name in ((axes[0], success, "Success Rate (%)"), (axes[1], undetected, "Undetected Rate (%)")):
         for label, vals in series.items():
             b = _np(vals[0])
             order = np.argsort(b)
-            line, = ax.plot(b[order], 100 * _np(vals[1])[order], marker="o", ms=3.5, lw=1.8, label=str(label))
+            line, = ax.plot(b[order], 100 * _np(vals[1])[order], marker="o", ms=3.5, lw=1.8, label=str(label),
+                            **({"color": colors[label]} if label in colors else {}))
+            colors.setdefault(label, line.get_color())
             if len(vals) >= 4 and len(b):
                 ax.fill_between(b[order], 100 * _np(vals[2])[order], 100 * _np(vals[3])[order],
                                 color=line.get_color(), alpha=0.15, lw=0)
@@ -100,6 +105,11 @@ def plot_rates_vs_beta(success: dict, undetected: dict, path, title: str = "") -
         ax.set_xlabel(r"$\beta$")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
+    for label, vals in (best_undetected or {}).items():
+        b = _np(vals[0])
+        order = np.argsort(b)
+        axes[1].plot(b[order], 100 * _np(vals[1])[order], ls="--", lw=1.2, marker="x", ms=3,
+                     label=f"{label}, best iterate", **({"color": colors[label]} if label in colors else {}))
     axes[0].set_title("(a)")
     axes[1].set_title("(b)")
     if undetected or success:

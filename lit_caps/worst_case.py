@@ -342,25 +342,20 @@ def _figures(name, ds, scale, models, attacks, searches, fig_dir, plot_rates_vs_
     dname = DATASET_NAMES.get(ds, ds)
     for t in (True, False):
         kind = "targeted" if t else "untargeted"
-        succ, und, curves = {}, {}, {}
+        succ, und, best, curves = {}, {}, {}, {}
         for s in searches:
             if s.attack != a or s.targeted != t or not s.done():
                 continue
-            cs = s.done()
-            ss = [c.result["summary"] for c in cs]
-            b = [c.beta for c in cs]
             mn = ex._model_name(s.model)
-            succ[mn] = (b, [x["success_rate"] for x in ss], [x["success_ci"][0] for x in ss],
-                        [x["success_ci"][1] for x in ss])
-            und[mn] = (b, [x["undetected_rate"] for x in ss], [x["undetected_ci"][0] for x in ss],
-                       [x["undetected_ci"][1] for x in ss])
+            succ[mn], und[mn], best[mn] = ex.beta_series(s.done())
             w = s.worst
             f = w.result["summary"].get("undetected_vs_fpr") if w else None
             if f:
                 curves[f"{mn} (beta={w.beta:g})"] = (f["fpr"], f["undetected_rate"])
         if succ:
             p9 = fig_dir / f"fig9_{name}_{ds}_{kind}_{scale}.png"
-            plot_rates_vs_beta(succ, und, p9, f"{kind.capitalize()} {ex.ATTACK_NAMES[a]} on {dname} ({scale})")
+            plot_rates_vs_beta(succ, und, p9, f"{kind.capitalize()} {ex.ATTACK_NAMES[a]} on {dname} ({scale})",
+                               best_undetected=best)
             out[f"{ds}/fig9_{kind}"] = p9
         if curves:
             p2 = fig_dir / f"fig2_{name}_{ds}_{kind}_{scale}.png"

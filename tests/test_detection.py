@@ -168,3 +168,26 @@ def test_plots(tmp_path):
     p = plot_distance_histograms(val, {"PGD": torch.rand(50) * 3}, threshold_at_fpr(val), tmp_path / "h" / "f1b.png",
                                  "hist")
     assert p.is_file() and p.stat().st_size > 1000
+
+
+def test_plot_rates_vs_beta_panels(tmp_path, monkeypatch):
+    """Both panels get their axes (labels, limits); best-iterate lines go dashed into (b) in their model's colour."""
+    from lit_caps import plots
+
+    figs = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, **kw: (figs.append(fig), save(fig, path, **kw))[1])
+    b = [0.3, 0.5, 0.7]
+    succ = {"CapsNet": (b, [0.2, 0.5, 0.9], [0.1, 0.4, 0.8], [0.3, 0.6, 1.0]), "CNN+R": (b, [0.1, 0.4, 1.0])}
+    und = {"CapsNet": (b, [0.2, 0.45, 0.1]), "CNN+R": (b, [0.1, 0.4, 0.3])}
+    best = {"CapsNet": (b, [0.3, 0.5, 0.6])}
+    p = plots.plot_rates_vs_beta(succ, und, tmp_path / "f9.png", "t", best_undetected=best)
+    assert p.stat().st_size > 1000
+    a, bx = figs[0].axes
+    assert a.get_ylabel() == "Success Rate (%)" and bx.get_ylabel() == "Undetected Rate (%)"
+    assert a.get_xlim() == bx.get_xlim() == (0, 1) and a.get_ylim() == bx.get_ylim() == (0, 100)
+    dashed = [ln for ln in bx.get_lines() if ln.get_linestyle() == "--"]
+    assert [ln.get_label() for ln in dashed] == ["CapsNet, best iterate"] and not a.get_lines()[0].get_linestyle() == "--"
+    solid = {ln.get_label(): ln.get_color() for ln in bx.get_lines() if ln.get_linestyle() == "-"}
+    assert dashed[0].get_color() == solid["CapsNet"] != solid["CNN+R"]
+    assert list(dashed[0].get_ydata()) == [30, 50, 60]

@@ -202,8 +202,10 @@ def test_rpgd_beta_grid(runs, dirs):
     df = ex.rpgd_beta_grid("mnist", "smoke", runs_root=runs, out_dir=out, report_dir=rep, models=(MODEL,))
     csv = rep / "rpgd_beta_mnist_smoke.csv"
     assert csv.is_file() and (rep / "rpgd_beta_mnist_smoke.md").is_file()
-    for fig in ("fig9_rpgd_beta_mnist_smoke.png", "fig2_undetected_vs_fpr_mnist_smoke.png"):
-        assert (rep / "figures" / fig).stat().st_size > 1000
+    text = (rep / "rpgd_beta_mnist_smoke.md").read_text()
+    for fig in ("fig9_rpgd_beta_mnist_smoke.png", "fig2_undetected_vs_fpr_mnist_smoke.png",
+                "fig9_rpgd_beta_mnist_untargeted_smoke.png", "fig2_undetected_vs_fpr_mnist_untargeted_smoke.png"):
+        assert (rep / "figures" / fig).stat().st_size > 1000 and f"(figures/{fig})" in text
     cells = df[df["row_kind"] == "beta"]
     assert len(cells) == 6 and (cells["status"] == "complete").all() and set(cells["beta"]) == {0.0, 0.5, 1.0}
     worst = df[df["row_kind"] == "worst"].set_index("targeted")
