@@ -4,6 +4,7 @@ not available; resume; betas from sweep agents; one cell through the `lit-caps a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -85,6 +86,16 @@ def test_table3_rerun_reuses_and_resumes(table):
     other.unlink()
     chunk = sorted((other.parent / ".chunks" / other.stem).glob("chunk_*.pt"))[0]
     chunk.unlink()
+    # meanwhile the report marks the searches with a lost beta partial, naming it, never complete
+    part = _worst(wc.table3(("mnist",), "smoke", only_report=True, **kw))
+    for lost in (gone, other):
+        model = lost.parent.name
+        kind, beta = re.match(r"r_pgd-(\w+)-beta([\d.]+)-", lost.name).groups()
+        row = part[(part["model"] == model) & (part["targeted"] == (kind == "targeted"))].iloc[0]
+        assert row["status"].startswith("partial: betas") and f"{float(beta):g}" in row["status"], row["status"]
+    assert (part["status"] == "complete").sum() == 6 - part["status"].str.startswith("partial").sum() >= 4
+    md = (Path(kw["report_dir"]) / "table3_smoke.md").read_text()
+    assert "*partial*" in md and f"{(part['status'] == 'complete').sum()}/6 cells measured" in md
     df2 = wc.table3(("mnist", "svhn"), "smoke", **kw)
     after = {p: p.stat().st_mtime_ns for p in sorted(res.rglob("r_pgd-*.json"))}
     assert set(after) == set(before)
