@@ -562,7 +562,7 @@ def _header(title: str, command: str, dataset: str, scale: str, table: str, rows
              f"exist). Scale `{scale}`: {n_done}/{len(rows)} cells complete"
              + ("" if n_done == len(rows) else "; the others are shown as *pending*, never as numbers") + ".", ""]
     if red:
-        lines += ["**Reduced from the paper's settings** (Appendix C) at this scale:", ""] + [f"- {x}" for x in red]
+        lines += ["**Differs from the paper's settings** (Appendix C) here:", ""] + [f"- {x}" for x in red]
     else:
         lines += ["Settings: the paper's (Appendix C), on N = 1000 test images."]
     lines += ["", "Rates in % of all N attacked test images (Section 4.3): success S = f(x') = target (targeted) or "
@@ -720,7 +720,8 @@ def rpgd_beta_grid(dataset: str = "mnist", scale: str = "quick", runs_root: str 
     fig_paths = {True: (fig9, fig2),  # the paper's Fig. 9 / Fig. 2 are targeted; untargeted beside them
                  False: (fig_dir / f"fig9_rpgd_beta_{dataset}_untargeted_{scale}.png",
                          fig_dir / f"fig2_undetected_vs_fpr_{dataset}_untargeted_{scale}.png")}
-    command = f"lit-caps reproduce rpgd-beta --data {dataset} --scale {scale}"
+    command = f"lit-caps reproduce rpgd-beta --data {dataset} --scale {scale}" + (
+        "" if betas is None else " --betas " + " ".join(f"{b:g}" for b in betas))
 
     def report() -> pd.DataFrame:
         rows, worst_rows = [], []
