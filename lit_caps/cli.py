@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="training/forward throughput of each model and config (images/s)")
     p.add_argument("--models", nargs="+", default=["capsnet", "cnn_cr", "cnn_r"])
-    p.add_argument("--archs", nargs="+", default=["mnist", "sabour", "svhn", "cifar10"])
+    p.add_argument("--archs", nargs="+", default=["mnist", "mnist_wide", "sabour", "svhn", "cifar10"])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after 2 warm-up steps)")
     p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, + cuda if present)")

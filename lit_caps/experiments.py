@@ -115,6 +115,17 @@ def _default_hash(dataset: str, model: str, seed: int, arch: str | None) -> str 
         return None
 
 
+def _composed_arch(dataset: str, model: str, seed: int) -> str | None:
+    """The arch name that ``lit-caps fit --model M --data D`` uses now (the dataset's default, or the
+    one ``arch=NAME`` in LIT_CAPS_RECIPE names)."""
+    from .config import compose
+
+    try:
+        return compose(model, dataset, seed=seed)["arch_name"]
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int = 0, arch: str | None = None) -> dict:
     """The ``summary.json`` of the complete run of (dataset, model, seed[, arch]) under ``runs_root``.
 
@@ -152,8 +163,9 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
             msg += "\n(unfinished run(s) there: " + ", ".join(str(p.parent) for p, _ in unfinished) + \
                    "; the same command resumes it)"
         raise RunNotFoundError(msg)
-    if arch is None and any(s.get("arch") == DEFAULT_ARCH.get(dataset) for _, s in found):
-        found = [(p, s) for p, s in found if s.get("arch") == DEFAULT_ARCH.get(dataset)]
+    preferred = _composed_arch(dataset, model, seed) or DEFAULT_ARCH.get(dataset)  # LIT_CAPS_RECIPE may name one
+    if arch is None and any(s.get("arch") == preferred for _, s in found):
+        found = [(p, s) for p, s in found if s.get("arch") == preferred]
     default = _default_hash(dataset, model, seed, arch)
     recipe = recipe_overrides()
     if any(s.get("config_hash") == default for _, s in found):  # the default config's run, however old

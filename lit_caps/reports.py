@@ -70,12 +70,31 @@ def last_val_error(errors: pd.Series | None, epochs: int = 1) -> float | None:
     return None if errors is None else round(float(errors.iloc[-epochs:].mean()), 2)
 
 
+def _arch_changes(cfg: dict, model: str) -> list[str]:
+    """Architecture settings of a run that differ from its named arch config (``arch.k=v`` overrides
+    given on the command line), so two runs under one arch name never look alike in a report."""
+    from .config import CNN_ONLY_ARCH, load_group
+
+    try:
+        shipped = load_group("arch", cfg.get("arch_name", ""))
+    except FileNotFoundError:
+        return []
+    out = []
+    for k, v in sorted((cfg.get("arch") or {}).items()):
+        if k in CNN_ONLY_ARCH:  # reported on its own (dropout)
+            continue
+        if shipped.get(k) != v:
+            out.append(f"arch.{k}={v}")
+    return out
+
+
 def _recipe(cfg: dict, model: str) -> str:
     if not cfg:
         return ""
     tr, da, ar = cfg.get("train", {}), cfg.get("data", {}), cfg.get("arch", {})
     parts = [f"Adam {tr.get('lr')} x{tr.get('lr_decay')}/epoch", f"batch {da.get('batch_size')}",
              f"shift {da.get('shift')}px"]
+    parts += _arch_changes(cfg, model)
     if da.get("hflip"):
         parts.append("h-flips")
     if tr.get("weight_decay"):
@@ -113,6 +132,34 @@ def _weight_average_section(rows: list[dict]) -> list[str]:
         out.append(f"| {DATASET_NAMES[r['dataset']]} | {PAPER_NAMES[r['model']]} | {r['seed']} | "
                    f"{r['val_error_last5_pct']:.2f} | {r['val_error_raw_last5_pct']:.2f} | {without} | "
                    f"{r['error_pct']:.2f} | {'-' if t is None else format(t['error_pct'], '.2f')} |")
+    return out
+
+
+def _arch_section(rows: list[dict]) -> list[str]:
+    """Runs that differ only in their arch config (same dataset, model, seed, epochs and recipe),
+    side by side on validation, with the default arch's run first."""
+    done = [r for r in rows if r.get("error_pct") is not None]
+    pairs = []
+    for r in done:
+        if not r.get("default_config"):
+            continue
+        for o in done:
+            if (o is not r and o["dataset"] == r["dataset"] and o["model"] == r["model"] and o["seed"] == r["seed"]
+                    and o["epochs"] == r["epochs"] and o["recipe"] == r["recipe"] and o["arch"] != r["arch"]):
+                pairs.append((r, o))
+    if not pairs:
+        return []
+    out = ["", "## Architecture, compared on validation", "",
+           "Runs of the same recipe, seed and epochs that differ only in their arch config (parameter counts "
+           "in the main table). Validation error (%), mean of the last 5 epochs, and test error; the default "
+           "arch's run first.", "",
+           "| dataset | model | seed | default arch: val (last 5) | test | other arch: val (last 5) | test |",
+           "|---|---|---|---|---|---|---|"]
+    for r, o in pairs:
+        def cell(x):
+            v = x["val_error_last5_pct"]
+            return f"`{x['arch']}` ({x['config_hash']}): {'-' if v is None else format(v, '.2f')} | {x['error_pct']:.2f}"
+        out.append(f"| {DATASET_NAMES[r['dataset']]} | {PAPER_NAMES[r['model']]} | {r['seed']} | {cell(r)} | {cell(o)} |")
     return out
 
 
@@ -209,6 +256,7 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
             f"{_epochs_cell(r)} | {r['train_wall']} | {r['seed']} | "
             f"`{r['arch']}` ({r['config_hash']}) | {'yes' if r['default_config'] else 'no'} | {r['recipe']} | "
             f"{r['params']:,} | {r['threshold_5pct_fpr']} |")
+    lines += _arch_section(rows)
     lines += _weight_average_section(rows)
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores. Wall time is "
               "the training loop's (validation included), accumulated across resumes; runs that shared the CPU "

@@ -15,14 +15,32 @@ def test_entry_point_help():
 
 
 def test_config_groups_and_overrides():
-    assert {"mnist", "sabour", "svhn", "cifar10"} <= set(available("arch"))
+    assert {"mnist", "mnist_wide", "sabour", "svhn", "cifar10"} <= set(available("arch"))
     cfg = compose("cnn_r", "fashion_mnist", overrides=["train.max_epochs=3", "arch.decoder_hidden=[64,128]"])
-    assert cfg["arch_name"] == "mnist" and cfg["train"]["max_epochs"] == 3
+    assert cfg["arch_name"] == "mnist_wide" and cfg["train"]["max_epochs"] == 3
+    assert compose("cnn_r", "mnist")["arch_name"] == compose("cnn_r", "mnist_c")["arch_name"] == "mnist"
     assert cfg["arch"]["decoder_hidden"] == [64, 128] and cfg["data"]["name"] == "fashion_mnist"
     assert compose("capsnet", "svhn")["arch_name"] == "svhn"
     # volatile settings do not change what identifies a trained model
     assert config_key(compose(overrides=["train.max_epochs=1"])) == config_key(compose())
     assert config_key(compose(overrides=["train.lr=0.1"])) != config_key(compose())
+
+
+def test_arch_override_picks_a_whole_arch_config(monkeypatch):
+    """``arch=NAME`` (command line or LIT_CAPS_RECIPE) selects an arch config as --arch does, so a recipe
+    can name the models of an older default; ``arch.k=v`` after it still applies."""
+    from lit_caps.config import config_hash, load_group
+
+    wide = compose("capsnet", "mnist", overrides=["arch=mnist_wide"])
+    assert wide["arch_name"] == "mnist_wide" and wide["arch"] == load_group("arch", "mnist_wide")
+    assert config_hash(wide) == config_hash(compose("capsnet", "mnist", arch="mnist_wide"))
+    tweaked = compose("capsnet", "mnist", overrides=["arch=mnist_wide", "arch.routing_iterations=2"])
+    assert tweaked["arch"]["routing_iterations"] == 2 and tweaked["arch"]["conv_channels"] == 64
+    monkeypatch.setenv("LIT_CAPS_RECIPE", "arch=sabour train.ema_decay=0")
+    old = compose("capsnet", "fashion_mnist")
+    assert old["arch_name"] == "sabour" and old["train"]["ema_decay"] == 0
+    # the command line comes after the recipe
+    assert compose("capsnet", "fashion_mnist", overrides=["arch=mnist"])["arch_name"] == "mnist"
 
 
 def test_bad_inputs_name_the_fix():

@@ -77,6 +77,24 @@ def test_find_run_prefers_the_default_config_over_a_newer_experiment(tmp_path, c
     assert f"no complete run of the default config ({default})" in capsys.readouterr().err  # never silently
 
 
+def test_recipe_naming_an_arch_selects_that_arch_s_runs(tmp_path, monkeypatch):
+    """``LIT_CAPS_RECIPE="arch=NAME ..."`` finds the runs of that arch (e.g. the models of an older
+    default), not the dataset's default arch's, and never falls back to them."""
+    from lit_caps.config import compose, config_hash
+
+    hashes = {a: config_hash(compose("cnn_cr", "mnist", arch=a)) for a in ("mnist", "mnist_wide")}
+    for a, h in hashes.items():
+        d = tmp_path / "mnist" / f"cnn_cr-{a}-s0-{h}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"model": "cnn_cr", "dataset": "mnist", "seed": 0, "arch": a,
+                                                    "complete": True, "config_hash": h}))
+    assert ex.find_run(tmp_path, "mnist", "cnn_cr")["config_hash"] == hashes["mnist"]
+    monkeypatch.setenv("LIT_CAPS_RECIPE", "arch=mnist_wide")
+    assert ex.find_run(tmp_path, "mnist", "cnn_cr")["config_hash"] == hashes["mnist_wide"]
+    monkeypatch.setenv("LIT_CAPS_RECIPE", "arch=mnist_wide train.ema_decay=0")
+    with pytest.raises(ex.RunNotFoundError, match="arch=mnist_wide train.ema_decay=0"):
+        ex.find_run(tmp_path, "mnist", "cnn_cr")
+
 
 def test_recipe_selects_its_runs_strictly_and_best_checkpoints_are_used(tmp_path, monkeypatch):
     """LIT_CAPS_RECIPE composes every config with its overrides; the tables then take that recipe's

@@ -42,7 +42,7 @@ def test_other_configs_forward(arch):
 
 
 def test_parameter_counts_equal_within_5_percent():
-    for arch in ("mnist", "svhn", "cifar10"):
+    for arch in ("mnist", "mnist_wide", "svhn", "cifar10"):
         cfg = load_group("arch", arch)
         counts = {n: count_parameters(build_model(n, **cfg)) for n in ("capsnet", "cnn_cr", "cnn_r")}
         lo, hi = min(counts.values()), max(counts.values())
@@ -50,6 +50,9 @@ def test_parameter_counts_equal_within_5_percent():
     # the default MNIST config: exactly equal (capsule layers mirror the FC layers, biases included)
     counts = [count_parameters(build_model(n, **MNIST_ARCH)) for n in ("capsnet", "cnn_cr", "cnn_r")]
     assert counts[0] == counts[1] == counts[2] == 2_167_400
+    # the wider first convolution exists in all three models: still exactly equal
+    wide = [count_parameters(build_model(n, **load_group("arch", "mnist_wide"))) for n in ("capsnet", "cnn_cr", "cnn_r")]
+    assert wide[0] == wide[1] == wide[2] == 2_232_400
 
 
 def test_masking_keeps_exactly_the_chosen_class():

@@ -76,3 +76,47 @@ def test_clean_error_report_pairs_weight_average_runs_on_validation(tmp_path):
     md = (tmp_path / "reports" / "clean_error.md").read_text()
     assert "## Weight averaging, compared on validation" in md
     assert "| Fashion-MNIST | CNN+R | 0 | 10.50 | 11.50 | 11.50 (aaaa1111) | 10.00 | 11.00 |" in md
+
+
+def test_recipe_names_arch_overrides_against_the_named_arch_config():
+    """A run made with ``arch.k=v`` on the command line must not look like a run of the shipped arch."""
+    from lit_caps.config import load_group
+    from lit_caps.reports import _recipe
+
+    base = {"train": {"lr": 0.001, "lr_decay": 0.95}, "data": {"batch_size": 128, "shift": 0}}
+    mnist = load_group("arch", "mnist")
+    plain = _recipe(dict(base, arch_name="mnist", arch=dict(mnist)), "capsnet")
+    over = _recipe(dict(base, arch_name="mnist", arch=dict(mnist, conv_channels=64)), "capsnet")
+    named = _recipe(dict(base, arch_name="mnist_wide", arch=load_group("arch", "mnist_wide")), "capsnet")
+    assert "arch." not in plain and "arch." not in named
+    assert "arch.conv_channels=64" in over and over != plain
+    # CNN dropout is reported as dropout, not as an arch override
+    drop = _recipe(dict(base, arch_name="mnist", arch=dict(mnist, cnn_dropout=0.5)), "cnn_r")
+    assert "dropout 0.5" in drop and "arch.cnn_dropout" not in drop
+
+
+def test_clean_error_report_pairs_runs_that_differ_only_in_arch(tmp_path):
+    """The default arch's run is set beside the same recipe's run of another arch, on validation."""
+    import yaml
+
+    from lit_caps.config import compose, config_hash, load_group
+
+    runs = tmp_path / "runs"
+    for arch, err, acc in (("mnist_wide", 0.1013, 0.905), ("mnist", 0.1104, 0.90)):
+        cfg = compose("capsnet", "fashion_mnist", arch=arch)
+        h = config_hash(cfg)
+        d = runs / "fashion_mnist" / f"capsnet-{arch}-s0-{h}"
+        (d / "csv" / "version_0").mkdir(parents=True)
+        (d / "csv" / "version_0" / "metrics.csv").write_text(f"epoch,step,val/acc\n0,10,{acc}\n")
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        s = dict(_summary("fashion_mnist", "capsnet", err), arch=arch, config_hash=h, run_dir=str(d))
+        (d / "summary.json").write_text(json.dumps(s))
+    assert load_group("arch", "mnist_wide")["conv_channels"] == 64
+    df = clean_error_report(runs, tmp_path / "reports")
+    fm = df[(df.dataset == "fashion_mnist") & (df.model == "capsnet")]
+    assert fm.set_index("arch").default_config.to_dict() == {"mnist_wide": True, "mnist": False}
+    md = (tmp_path / "reports" / "clean_error.md").read_text()
+    assert "## Architecture, compared on validation" in md
+    wide_h, old_h = (config_hash(compose("capsnet", "fashion_mnist", arch=a)) for a in ("mnist_wide", "mnist"))
+    assert (f"| Fashion-MNIST | CapsNet | 0 | `mnist_wide` ({wide_h}): 9.50 | 10.13 | `mnist` ({old_h}): 10.00 | "
+            "11.04 |") in md
