@@ -84,6 +84,13 @@ def recipe_overrides() -> list[str]:
     return shlex.split(os.environ.get("LIT_CAPS_RECIPE", ""))
 
 
+def recipe_env_prefix() -> str:
+    """``LIT_CAPS_RECIPE='...' `` when a recipe is set (else empty): reports put it before the command
+    that generated them, so a report of another recipe's models says how to regenerate it."""
+    r = " ".join(recipe_overrides())
+    return f"LIT_CAPS_RECIPE={shlex.quote(r)} " if r else ""
+
+
 def compose(model: str = "capsnet", data: str = "mnist", arch: str | None = None, train: str = "default",
             seed: int = 0, overrides: list[str] | None = None, config_file: str | None = None) -> dict:
     """Build the full experiment config."""
