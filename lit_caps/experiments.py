@@ -49,7 +49,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import recipe_env_prefix
+from .config import config_hash, recipe_env_prefix
 from .reports import DATASET_NAMES, _hms, paper_table, write_atomic
 
 MODELS = ("capsnet", "cnn_cr", "cnn_r")
@@ -107,22 +107,13 @@ def _fit_command(dataset: str, model: str, seed: int, arch: str | None = None) -
     return cmd + "".join(f" {o}" for o in recipe_overrides())
 
 
-def _default_hash(dataset: str, model: str, seed: int, arch: str | None) -> str | None:
-    from .config import compose, config_hash
-
-    try:
-        return config_hash(compose(model, dataset, arch=arch, seed=seed))
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _composed_arch(dataset: str, model: str, seed: int) -> str | None:
-    """The arch name that ``lit-caps fit --model M --data D`` uses now (the dataset's default, or the
-    one ``arch=NAME`` in LIT_CAPS_RECIPE names)."""
+def _default_config(dataset: str, model: str, seed: int, arch: str | None) -> dict | None:
+    """The config ``lit-caps fit --model M --data D --seed S [--arch A]`` composes now (LIT_CAPS_RECIPE
+    included, which may name an arch), or None for an unknown dataset / arch."""
     from .config import compose
 
     try:
-        return compose(model, dataset, seed=seed)["arch_name"]
+        return compose(model, dataset, arch=arch, seed=seed)
     except (FileNotFoundError, ValueError):
         return None
 
@@ -164,10 +155,11 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
             msg += "\n(unfinished run(s) there: " + ", ".join(str(p.parent) for p, _ in unfinished) + \
                    "; the same command resumes it)"
         raise RunNotFoundError(msg)
-    preferred = _composed_arch(dataset, model, seed) or DEFAULT_ARCH.get(dataset)  # LIT_CAPS_RECIPE may name one
+    cfg = _default_config(dataset, model, seed, arch)
+    preferred = cfg["arch_name"] if cfg else DEFAULT_ARCH.get(dataset)  # LIT_CAPS_RECIPE may name the arch
     if arch is None and any(s.get("arch") == preferred for _, s in found):
         found = [(p, s) for p, s in found if s.get("arch") == preferred]
-    default = _default_hash(dataset, model, seed, arch)
+    default = config_hash(cfg) if cfg else None
     recipe = recipe_overrides()
     if any(s.get("config_hash") == default for _, s in found):  # the default config's run, however old
         found = [(p, s) for p, s in found if s.get("config_hash") == default]

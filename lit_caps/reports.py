@@ -155,10 +155,11 @@ def _arch_section(rows: list[dict]) -> list[str]:
            "arch's run first.", "",
            "| dataset | model | seed | default arch: val (last 5) | test | other arch: val (last 5) | test |",
            "|---|---|---|---|---|---|---|"]
+    def cell(x):
+        v = x["val_error_last5_pct"]
+        return f"`{x['arch']}` ({x['config_hash']}): {'-' if v is None else format(v, '.2f')} | {x['error_pct']:.2f}"
+
     for r, o in pairs:
-        def cell(x):
-            v = x["val_error_last5_pct"]
-            return f"`{x['arch']}` ({x['config_hash']}): {'-' if v is None else format(v, '.2f')} | {x['error_pct']:.2f}"
         out.append(f"| {DATASET_NAMES[r['dataset']]} | {PAPER_NAMES[r['model']]} | {r['seed']} | {cell(r)} | {cell(o)} |")
     return out
 
