@@ -33,6 +33,8 @@ help:
 	@echo "make reproduce-fig3 [SCALE=...]     CIFAR-10 CapsNet variants vs R-PGD, white and black box (Fig. 3)"
 	@echo "make reproduce-fig4 [SCALE=...]     class-pair success of targeted R-PGD on Fashion-MNIST (Fig. 4)"
 	@echo "make reproduce-galleries [SCALE=...]  successful undetected R-PGD examples (Fig. 5/11, Fig. 10)"
+	@echo "make reports            rewrite every committed report from the committed store (no compute)"
+	@echo "make check-reports      the same, then fail if any committed report changed"
 	@echo "make bench              training/forward throughput of each model and config, attack throughput"
 	@echo "data root: LIT_CAPS_DATA=$(LIT_CAPS_DATA)"
 
@@ -63,6 +65,18 @@ train-paper-models: $(PY)
 
 reproduce-table4 clean-error: train-paper-models
 	$(VENV)/bin/lit-caps report clean-error --runs runs --out reports
+
+# Every committed report, rewritten from the committed store (reports/models, reports/results): computes
+# nothing (a missing result shows as pending). check-reports: the rewrite changes no committed file
+# except the 'Report written ...' lines.
+.PHONY: reports check-reports
+reports: $(PY)
+	$(VENV)/bin/lit-caps report clean-error --runs runs --out reports
+	$(VENV)/bin/lit-caps reproduce table3 --scale quick --only-report --no-wandb
+
+check-reports: reports
+	@git diff --exit-code -I '^Report written ' --stat -- reports/ && test -z "$$(git status --porcelain -- reports/)" \
+	  && echo "check-reports: every committed report was rewritten from the committed store unchanged"
 
 # BENCH_ARGS: the attack table includes the torch.compile rows (compilation is not timed, ~2 min)
 BENCH_ARGS ?= --compile

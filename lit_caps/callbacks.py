@@ -37,34 +37,84 @@ class WallClock(L.Callback):
         self.elapsed = state_dict.get("elapsed", 0.0)
 
 
+def _write_checkpoint(trainer, checkpoint: dict, path) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (a per-process temp file, fsync, rename: a kill at
+    any moment leaves the previous file or the new one, never a truncated one), on rank 0."""
+    import torch
+
+    from .io import atomic_write
+
+    if trainer.is_global_zero:
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
+    trainer.strategy.barrier("lit_caps_checkpoint")
+
+
 class LastCheckpoint(L.Callback):
-    """Keeps one resumable ``last.ckpt``, written atomically (temp file + rename, so a kill -9 never
-    leaves a truncated checkpoint): every ``every_n_steps`` training steps (mid-epoch) and after each
-    validation (so it carries the current detection threshold)."""
+    """Keeps one resumable ``last.ckpt``: every ``every_n_steps`` training steps (mid-epoch) and after
+    each validation (so it carries the current detection threshold).
+
+    The state is taken where Lightning's own checkpoints take it (the end of a training batch, the
+    end of validation), but the file is written a moment later, once Lightning has logged that
+    batch's (or that epoch's) CSV rows: at the start of the next batch or epoch, or at the end of
+    training. A checkpoint on disk thus never covers a step whose row is not on disk; a kill between
+    taking and writing costs only the steps since the previous file (they are redone). Nothing is
+    changed between the two moments (no optimizer step runs in between). A pending state is dropped
+    if training stops with an exception. The last batch of an epoch gets no mid-epoch checkpoint
+    (the one after that epoch's validation follows at once)."""
 
     def __init__(self, path, every_n_steps: int = 100):
         from pathlib import Path
 
         self.path = Path(path)
         self.every_n_steps = every_n_steps
+        self._pending: dict | None = None
+        self.writes = 0  # files written by this process
+
+    def capture(self, trainer) -> dict:
+        for lg in trainer.loggers:  # rows logged so far are on disk before the state that follows them
+            lg.save()
+        return trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+
+    def write(self, trainer, checkpoint: dict) -> None:
+        _write_checkpoint(trainer, checkpoint, self.path)
+        self.writes += 1
 
     def save(self, trainer) -> None:
-        import os
+        self.write(trainer, self.capture(trainer))
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(str(tmp))
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
-        trainer.strategy.barrier("last_checkpoint")
+    def flush(self, trainer) -> None:
+        if self._pending is not None:
+            checkpoint, self._pending = self._pending, None
+            for lg in trainer.loggers:
+                lg.save()
+            self.write(trainer, checkpoint)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self.save(trainer)
+        n = self.every_n_steps
+        last_of_epoch = (trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+                         or batch_idx + 1 >= trainer.num_training_batches)
+        if n and trainer.global_step % n == 0 and not last_of_epoch:
+            self._pending = self.capture(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.flush(trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.flush(trainer)
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
-            self.save(trainer)
+            self._pending = self.capture(trainer)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.flush(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self.flush(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._pending = None  # taken before the failure, but maybe not consistent with what followed
 
 
 class BestCheckpoint(LastCheckpoint):
@@ -98,6 +148,76 @@ class BestCheckpoint(LastCheckpoint):
         self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
 
 
+def _rng_state() -> dict:
+    """The global RNG states (torch CPU and CUDA, numpy, python), as plain tensors and tuples (a
+    checkpoint stays loadable with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumeState(L.Callback):
+    """What a bit-exact resume needs besides Lightning's own state and the training loader's
+    position (:class:`lit_caps.data.ResumableDataLoader`): the global RNG states as of the
+    checkpoint, set again when training restarts (dropout draws from them), and the record of the
+    resumes so far (``resumes``: ``{"from_step", "epoch", "at"}`` each, kept in every later
+    checkpoint and reported in summary.json)."""
+
+    def __init__(self):
+        self.resumes: list[dict] = []
+        self._rng: dict | None = None
+        self._loaded = False
+
+    def state_dict(self):
+        return {"rng": _rng_state(), "resumes": [dict(r) for r in self.resumes]}
+
+    def load_state_dict(self, state_dict):
+        self._rng = state_dict.get("rng")
+        self.resumes = [dict(r) for r in state_dict.get("resumes", [])]
+        self._loaded = True
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.ckpt_path is None:
+            return
+        from datetime import datetime, timezone
+
+        self.resumes.append({"from_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
+                             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        if self._rng is not None:
+            _set_rng_state(self._rng)
+            self._rng = None
+        elif not self._loaded:
+            import warnings
+
+            warnings.warn(f"{trainer.ckpt_path} was written by an earlier lit_caps: this resume is not bit-exact "
+                          f"(no RNG state; an interrupted epoch restarts from its first batch)", stacklevel=2)
+
+
 def expand_attack_specs(attacks, targeted=("targeted", "untargeted"), betas=(0.5,), **common) -> list[dict]:
     """Attack names (or dicts) -> one spec per (attack, targeted, beta). R-* attacks get every beta."""
     specs = []
@@ -114,25 +234,33 @@ def expand_attack_specs(attacks, targeted=("targeted", "untargeted"), betas=(0.5
 class AttackEvaluation(L.Callback):
     """Runs a list of attacks on a fixed, seeded test subset of ``n`` examples after ``fit`` and/or
     ``test`` (``when``), through :func:`lit_caps.evaluation.evaluate_attack` (one resumable result
-    file per attack setting), and logs ``success_rate`` / ``undetected_rate`` (last and best
-    iterate), the undetected-rate-vs-FPR curves and the clean-vs-adversarial distance histograms
-    (paper Fig. 1b, Fig. 2) to every logger, to W&B as line plots / tables / images, and as PNG.
+    file per attack setting), and logs ``<result name>/success_rate`` / ``undetected_rate`` /
+    ``best_undetected_rate`` / ``roc_auc``, the undetected-rate-vs-FPR curves and the
+    clean-vs-adversarial distance histograms (paper Fig. 1b, Fig. 2) to every logger, to W&B as
+    series over ``fpr`` (``wandb.define_metric``), a line plot, tables and images with the attack
+    settings in the run config, and as PNG.
 
     Each spec: ``{"name": "r_pgd", "targeted": True, "beta": 0.5, "eps": ..., "steps": ..., ...}``;
     unspecified settings come from the Appendix C preset of the dataset. The Trainer needs
     ``inference_mode=False`` for the test loop (gradients are enabled inside the attacks; the
     callback also leaves inference mode locally).
+
+    ``figures_dir`` (default ``<out_dir>/<dataset>/<model>/figures/<key>``, ``key`` a hash of the
+    results' settings hashes, so another model or attack list never writes over these figures).
+    Processes sharing ``out_dir`` split the chunks (``claim_wait_s``: see ``evaluate_attack``).
     """
 
     def __init__(self, attacks: list[dict], n: int | None = 1000, seed: int = 0, out_dir: str = "results",
                  chunk_size: int = 100, when: tuple[str, ...] = ("test",), dataset_name: str | None = None,
                  model_name: str | None = None, figures_dir: str | None = None, checkpoint: str | None = None,
-                 progress: bool = True):
+                 progress: bool = True, claim_wait_s: float | None = None):
         self.specs = [dict(s) for s in attacks]
         self.n, self.seed, self.out_dir, self.chunk_size = n, seed, out_dir, chunk_size
         self.when, self.dataset_name, self.model_name = tuple(when), dataset_name, model_name
         self.figures_dir, self.checkpoint, self.progress = figures_dir, checkpoint, progress
+        self.claim_wait_s = claim_wait_s
         self.results: list[dict] = []
+        self.figures: list = []
 
     def on_fit_end(self, trainer, pl_module):
         if "fit" in self.when:
@@ -168,7 +296,8 @@ class AttackEvaluation(L.Callback):
                     threshold=pl_module.threshold, val_distances=pl_module.val_distances, settings=spec or None,
                     out_dir=self.out_dir, chunk_size=self.chunk_size, device=pl_module.device,
                     progress=self.progress, rank=trainer.global_rank, world_size=trainer.world_size,
-                    fpr=pl_module.hparams.fpr, checkpoint=self.checkpoint, wait_s=600.0)
+                    fpr=pl_module.hparams.fpr, checkpoint=self.checkpoint, wait_s=600.0,
+                    claim_wait_s=self.claim_wait_s)
                 if res.get("status") == "complete":
                     self.results.append(res)
         if trainer.is_global_zero and self.results:
@@ -176,19 +305,28 @@ class AttackEvaluation(L.Callback):
         return self.results
 
     # -- logging ---------------------------------------------------------------------------------
+    METRICS = ("success_rate", "undetected_rate", "best_undetected_rate", "roc_auc")
+
+    def figures_key(self) -> str:
+        """A hash of the results' settings hashes (model weights, threshold, attack settings, ...)."""
+        import hashlib
+
+        return hashlib.sha256(" ".join(r["settings_hash"] for r in self.results).encode()).hexdigest()[:8]
+
     def _log(self, trainer, dataset_name: str, model_name: str) -> None:
         from pathlib import Path
 
         from .plots import plot_distance_histograms, plot_undetected_vs_fpr
 
-        fig_dir = Path(self.figures_dir or Path(self.out_dir) / dataset_name / model_name / "figures")
+        fig_dir = Path(self.figures_dir or
+                       Path(self.out_dir) / dataset_name / model_name / "figures" / self.figures_key())
         curves, hists = {}, {}
         metrics = {}
         for r in self.results:
             s, key = r["summary"], r["name"]
-            for m in ("success_rate", "undetected_rate", "best_undetected_rate", "roc_auc"):
+            for m in self.METRICS:
                 if s.get(m) is not None:
-                    metrics[f"attack/{key}/{m}"] = s[m]
+                    metrics[f"{key}/{m}"] = s[m]
             curves[key] = (s["undetected_vs_fpr"]["fpr"], s["undetected_vs_fpr"]["undetected_rate"])
             ex = r["examples"]
             hists[key] = [d for d, ok in zip(ex["adv_dist"], ex["success"]) if ok and d is not None]
@@ -203,19 +341,41 @@ class AttackEvaluation(L.Callback):
             if lg.__class__.__name__ == "WandbLogger":
                 self._log_wandb(lg.experiment, curves, fpr_png, hist_png)
 
+    def wandb_config(self) -> dict:
+        """The attack settings of every result (W&B run config ``attacks``), keyed by result name."""
+        keep = ("attack", "targeted", "beta", "eps", "attack_settings", "n", "seed", "chunk_size", "threshold",
+                "fpr", "model_hash", "checkpoint")
+        return {"attacks": {r["name"]: dict({k: r["settings"].get(k) for k in keep}, settings_hash=r["settings_hash"])
+                            for r in self.results},
+                "attack_n": self.n, "attack_seed": self.seed, "attack_chunk_size": self.chunk_size}
+
     def _log_wandb(self, run, curves, fpr_png, hist_png) -> None:
         import wandb
 
+        run.config.update(self.wandb_config(), allow_val_change=True)
+        # the undetected-rate-vs-FPR curves as series over `fpr` (one chart per attack, fpr on the x-axis)
+        run.define_metric("fpr")
+        for key in curves:
+            run.define_metric(f"{key}/undetected_at_fpr", step_metric="fpr")
+        points: dict = {}
+        for key, (fs, us) in curves.items():
+            for f, u in zip(fs, us):
+                if u is not None:
+                    points.setdefault(float(f), {})[f"{key}/undetected_at_fpr"] = u
+        for f in sorted(points):
+            run.log({"fpr": f, **points[f]})
         rows = [[k, 100 * f, 100 * u] for k, (fs, us) in curves.items() for f, u in zip(fs, us) if u is not None]
         table = wandb.Table(data=rows, columns=["attack", "fpr_pct", "undetected_pct"])
-        summary = wandb.Table(columns=["attack", "targeted", "beta", "n", "success_rate", "undetected_rate",
-                                       "best_undetected_rate", "roc_auc"],
+        summary = wandb.Table(columns=["attack", "targeted", "beta", "n", *self.METRICS],
                               data=[[r["settings"]["attack"], r["settings"]["targeted"], r["settings"]["beta"],
-                                     r["summary"]["n"], r["summary"]["success_rate"], r["summary"]["undetected_rate"],
-                                     r["summary"]["best_undetected_rate"], r["summary"]["roc_auc"]]
+                                     r["summary"]["n"], *(r["summary"].get(m) for m in self.METRICS)]
                                     for r in self.results])
-        run.log({"attack/undetected_vs_fpr": wandb.plot.line(table, "fpr_pct", "undetected_pct", stroke="attack",
-                                                             title="Undetected rate vs FPR"),
-                 "attack/rates": summary,
-                 "attack/undetected_vs_fpr_png": wandb.Image(str(fpr_png)),
-                 "attack/distance_histograms": wandb.Image(str(hist_png))})
+        run.log({"undetected_vs_fpr": wandb.plot.line(table, "fpr_pct", "undetected_pct", stroke="attack",
+                                                      title="Undetected rate vs FPR"),
+                 "rates": summary,
+                 "undetected_vs_fpr_png": wandb.Image(str(fpr_png)),
+                 "distance_histograms": wandb.Image(str(hist_png))})
+        for r in self.results:
+            for m in self.METRICS:
+                if r["summary"].get(m) is not None:
+                    run.summary[f"{r['name']}/{m}"] = r["summary"][m]

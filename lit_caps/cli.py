@@ -7,11 +7,22 @@
                        [--only-report] [--runs runs] [--out results] [--reports reports]
     lit-caps attack --data mnist --model capsnet --attack r_pgd --targeted true --beta 0.45 --scale quick
     lit-caps sweep local|expand|collect sweeps/<file>.yaml   (W&B sweep YAML without a W&B server)
+    lit-caps store save|restore|verify   (the committed results and models: reports/results, reports/models)
+
+A mistake the user can fix (an unknown config key or name, missing data, a bad attack argument, a
+damaged file, a folder that cannot be written, a busy run) is printed as one line,
+``lit-caps: error: <what is wrong and the fix>``, and exits 2, before anything is created;
+``LIT_CAPS_DEBUG=1`` shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
+import os
 import sys
+
+PROG = "lit-caps"
 
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
@@ -26,11 +37,21 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_epochs=5 data.root=/data")
 
 
-def cmd_fit(args) -> int:
+def _check_fit(args) -> dict:
+    """The config (keys, types, names checked) of ``lit-caps fit``, after every check that needs no
+    file written: the data on disk, a writable run folder that holds no other run."""
     from .config import compose
-    from .train import fit
+    from .validate import check_fit
 
     cfg = compose(args.model, args.data, args.arch, args.train, args.seed, args.overrides, args.config)
+    check_fit(cfg, runs_root=args.runs, run_dir=args.run_dir)
+    return cfg
+
+
+def cmd_fit(args) -> int:
+    cfg = _check_fit(args)  # before fit() writes config.yaml, opens a W&B run or builds the model
+    from .train import fit
+
     summary = fit(cfg, runs_root=args.runs, run_dir=args.run_dir)
     print(f"[lit-caps] {summary['dataset']}/{summary['model']}: test error {summary['test_error'] * 100:.2f}% "
           f"after {summary['epochs']} epochs, threshold {summary['threshold']:.4f} ({summary['run_dir']})")
@@ -56,27 +77,77 @@ def load_run(ckpt: str, overrides: list[str] | None = None):
     cfg = yaml.safe_load(cfg_path.read_text())
     for k, v in parse_overrides(overrides or []):
         set_dotted(cfg, k, v)
-    module = LitReconstructionClassifier.load_from_checkpoint(str(ckpt_path), map_location="cpu")
+    # read back with weights_only=True first: a damaged file is one line (DamagedFileError) naming the
+    # command that trains the run again, never a traceback from deep inside torch
+    from .io import load_checkpoint
+    from .train import recover_hint
+
+    run = ckpt_path.parent.parent
+    load_checkpoint(ckpt_path, recover_hint=recover_hint(run, ckpt_path) + ", then rerun this command")
+    module = LitReconstructionClassifier.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True)
     return cfg, CapsDataModule(**cfg["data"]), module
 
 
+def _check_evaluate(args) -> None:
+    """``lit-caps evaluate``: the overrides, the checkpoint and its run config, the attack arguments,
+    the output folder and the data, before the model is loaded and the clean test pass runs."""
+    from .config import check_config, check_overrides, parse_overrides, set_dotted
+    from .validate import check_attack_args, check_ckpt, check_config_data, check_writable
+
+    check_overrides(args.overrides)
+    for a in args.attacks:
+        check_attack_args(a)
+    for b in args.beta:
+        check_attack_args(beta=b)
+    check_attack_args(eps=args.eps, steps=args.steps, step_size=args.step_size, n=args.n, chunk_size=args.chunk_size)
+    lt = args.limit_test_batches
+    if isinstance(lt, bool) or not isinstance(lt, (int, float)) or lt <= 0 or (isinstance(lt, float) and lt > 1):
+        raise _invalid(f"--limit-test-batches {lt}: must be a number of batches >= 1 or a fraction in (0, 1]")
+    cfg = check_ckpt(args.ckpt)
+    for k, v in parse_overrides(args.overrides):
+        set_dotted(cfg, k, v)
+    check_config(cfg, where=f"the run config of --ckpt {args.ckpt}")
+    check_attack_args(dataset=cfg["data"]["name"])
+    check_writable(args.out, "--out")
+    check_config_data(cfg)
+
+
+def _invalid(msg: str):
+    from .errors import InvalidArgumentError
+
+    return InvalidArgumentError(msg)
+
+
 def cmd_evaluate(args) -> int:
+    _check_evaluate(args)
+    import hashlib
+    import json
+    from pathlib import Path
+
     import lightning as L
 
     from .callbacks import AttackEvaluation, expand_attack_specs
+    from .evaluation import ensure_writable, model_hash
     from .logging import make_loggers
 
     cfg, dm, module = load_run(args.ckpt, args.overrides)
     common = {k: v for k, v in (("eps", args.eps), ("steps", args.steps), ("step_size", args.step_size)) if v is not None}
     targeted = {"both": ("targeted", "untargeted"), "true": ("targeted",), "false": ("untargeted",)}[args.targeted]
     specs = expand_attack_specs(args.attacks, targeted=targeted, betas=args.beta, **common)
+    # The result files are per setting under <out>/<dataset>/<model>/ (shared with the tables; a result
+    # of other weights is kept under superseded/, never written over). This evaluation's figures,
+    # metrics CSV and W&B run are keyed by the run and the settings (weights, attacks, n, seed, chunk
+    # size), so an evaluate of another checkpoint into the same --out never touches them.
+    run_name = Path(args.ckpt).parent.parent.name
+    key = hashlib.sha256(json.dumps({"model_hash": model_hash(module.eval_model()), "specs": specs, "n": args.n,
+                                     "seed": args.seed, "chunk_size": args.chunk_size},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:8]
+    eval_dir = Path(args.out) / cfg["data"]["name"] / cfg["model"] / "evaluate" / f"{run_name}-{key}"
+    ensure_writable(eval_dir, root=args.out)
     cb = AttackEvaluation(specs, n=args.n, seed=args.seed, out_dir=args.out, chunk_size=args.chunk_size,
-                          checkpoint=args.ckpt)
-    from pathlib import Path
-
-    run_dir = Path(args.out) / cfg["data"]["name"] / cfg["model"]
+                          figures_dir=str(eval_dir / "figures"), checkpoint=args.ckpt)
     cfg = dict(cfg, logger=dict(cfg.get("logger", {}), wandb=not args.no_wandb))
-    loggers = make_loggers(cfg, run_dir, job_type="evaluate")
+    loggers = make_loggers(cfg, eval_dir, job_type="evaluate")  # W&B id: <dataset>-<run name>-<key>-evaluate
     trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices, inference_mode=False, logger=loggers,
                         callbacks=[cb], enable_checkpointing=False, limit_test_batches=args.limit_test_batches)
     trainer.test(module, datamodule=dm, verbose=False)
@@ -86,7 +157,9 @@ def cmd_evaluate(args) -> int:
             s = r["summary"]
             print(f"{r['name']:42s} {100 * s['success_rate']:7.1f}% {100 * s['undetected_rate']:9.1f}% "
                   f"{100 * s['best_undetected_rate']:15.1f}%")
-        print(f"results: {run_dir}")
+        folders = sorted({str(Path(r["path"]).parent) for r in cb.results})  # where the files are, not what they say
+        print(f"results: {', '.join(folders)}")
+        print(f"figures, metrics CSV, W&B run: {eval_dir}")
     return 0
 
 
@@ -116,7 +189,50 @@ def _bool(v) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
+#: datasets each `reproduce` target reads when --data is not given (None: --data or its own default)
+_REPRODUCE_DATA = {"table2": ("mnist",), "fig3": ("cifar10",), "fig4": ("fashion_mnist",),
+                   "galleries": ("mnist", "fashion_mnist")}
+
+
+def _check_reproduce(args) -> None:
+    from .validate import check_attack_args, check_choice, check_data, check_model, check_positive_int, check_writable
+
+    for d in args.data or ():
+        check_attack_args(dataset=d)
+    for m in args.models:
+        check_model(m)
+    for b in args.betas or ():
+        check_attack_args(beta=b)
+    check_positive_int("--threads", args.threads)
+    check_positive_int("--refine", args.refine, minimum=0)
+    if args.device is not None:
+        check_choice("device", str(args.device).split(":")[0], ("cpu", "cuda", "mps"))
+    for flag, path in (("--out", args.out), ("--reports", args.reports)):
+        check_writable(path, flag)
+    if not args.no_train and not args.only_report and args.what not in ("table2",):
+        check_writable(args.runs, "--runs")
+    if args.only_report or args.what in ("table3", "table6"):
+        return  # table3/table6 write a report that names a missing dataset as not available
+    datasets = (list(args.data or ()) if args.what not in ("table2", "fig3") else []) or _REPRODUCE_DATA.get(
+        args.what, ("mnist",))
+    for d in datasets:
+        check_data(d, args.data_root, cifar10_split_test=args.what == "fig3" and args.scale != "paper")
+
+
 def cmd_reproduce(args) -> int:
+    _check_reproduce(args)
+    rc = _reproduce(args)
+    from . import store
+
+    if rc == 0 and store.is_store_reports(args.reports):  # the committed reports: their results join the store
+        written = store.save_results(args.out)
+        if written:
+            print(f"[lit-caps] {len(written)} result file(s) added to the committed store {store.results_root()} "
+                  f"(commit them with the reports)", flush=True)
+    return rc
+
+
+def _reproduce(args) -> int:
     import torch
 
     from . import experiments, worst_case
@@ -126,70 +242,84 @@ def cmd_reproduce(args) -> int:
     kw = dict(runs_root=args.runs, out_dir=args.out, report_dir=args.reports, models=tuple(args.models),
               seed=args.seed, only_report=args.only_report, attack_seed=args.attack_seed, device=args.device,
               data_root=args.data_root, progress=args.progress)
-    try:
-        if args.what in ("table3", "table6"):
-            datasets = tuple(args.data or worst_case.TABLE3_DATASETS)
-            fn = worst_case.table3 if args.what == "table3" else worst_case.table6
-            fn(datasets, args.scale, train=not args.no_train, refine=args.refine, betas=args.betas,
-               wandb_log=not args.no_wandb, **kw)
-            return 0
-        if args.what == "table2":
-            from .table2 import table2
+    if args.what in ("table3", "table6"):
+        datasets = tuple(args.data or worst_case.TABLE3_DATASETS)
+        fn = worst_case.table3 if args.what == "table3" else worst_case.table6
+        fn(datasets, args.scale, train=not args.no_train, refine=args.refine, betas=args.betas,
+           wandb_log=not args.no_wandb, **kw)
+        return 0
+    if args.what == "table2":
+        from .table2 import table2
 
-            table2(args.scale, runs_root=args.runs, report_dir=args.reports, models=tuple(args.models), seed=args.seed,
-                   data_root=args.data_root, train=not args.no_train, wandb_log=not args.no_wandb, out_dir=args.out)
-            return 0
-        if args.what == "fig3":
-            from .fig3 import fig3
+        table2(args.scale, runs_root=args.runs, report_dir=args.reports, models=tuple(args.models), seed=args.seed,
+               data_root=args.data_root, train=not args.no_train, wandb_log=not args.no_wandb, out_dir=args.out)
+        return 0
+    if args.what == "fig3":
+        from .fig3 import fig3
 
-            fig3(args.scale, runs_root=args.runs, out_dir=args.out, report_dir=args.reports, seed=args.seed,
-                 source_seed=args.source_seed, data_root=args.data_root, train=not args.no_train, device=args.device,
-                 progress=args.progress, wandb_log=not args.no_wandb)
-            return 0
-        if args.what in ("fig4", "galleries"):
-            from . import diagnosis
+        fig3(args.scale, runs_root=args.runs, out_dir=args.out, report_dir=args.reports, seed=args.seed,
+             source_seed=args.source_seed, data_root=args.data_root, train=not args.no_train, device=args.device,
+             progress=args.progress, wandb_log=not args.no_wandb)
+        return 0
+    if args.what in ("fig4", "galleries"):
+        from . import diagnosis
 
-            fn = diagnosis.class_pairs if args.what == "fig4" else diagnosis.galleries
-            for d in args.data or (["fashion_mnist"] if args.what == "fig4" else ["mnist", "fashion_mnist"]):
-                fn(d, args.scale, runs_root=args.runs, out_dir=args.out, report_dir=args.reports,
-                   models=tuple(args.models), seed=args.seed, data_root=args.data_root, train=not args.no_train,
-                   wandb_log=not args.no_wandb)
-            return 0
-        if args.what == "fig1":
-            from .fig1 import fig1
+        fn = diagnosis.class_pairs if args.what == "fig4" else diagnosis.galleries
+        for d in args.data or (["fashion_mnist"] if args.what == "fig4" else ["mnist", "fashion_mnist"]):
+            fn(d, args.scale, runs_root=args.runs, out_dir=args.out, report_dir=args.reports,
+               models=tuple(args.models), seed=args.seed, data_root=args.data_root, train=not args.no_train,
+               wandb_log=not args.no_wandb)
+        return 0
+    if args.what == "fig1":
+        from .fig1 import fig1
 
-            kw.pop("only_report")
-            for d in args.data or ["mnist"]:
-                fig1(d, args.scale, train=not args.no_train, wandb_log=not args.no_wandb, **kw)
-            return 0
-        if args.what == "rpgd-beta":
-            kw.update(betas=args.betas,
-                      targeted={"both": (True, False), "true": (True,), "false": (False,)}[args.targeted])
-        elif args.what == "table7":
-            kw.update(betas=args.betas, source_seed=args.source_seed)
+        kw.pop("only_report")
         for d in args.data or ["mnist"]:
-            experiments.TABLES[args.what](d, args.scale, **kw)
-    except experiments.RunNotFoundError as e:
-        print(f"[lit-caps] {e}", file=sys.stderr)
-        return 2
+            fig1(d, args.scale, train=not args.no_train, wandb_log=not args.no_wandb, **kw)
+        return 0
+    if args.what == "rpgd-beta":
+        kw.update(betas=args.betas,
+                  targeted={"both": (True, False), "true": (True,), "false": (False,)}[args.targeted])
+    elif args.what == "table7":
+        kw.update(betas=args.betas, source_seed=args.source_seed)
+    for d in args.data or ["mnist"]:
+        experiments.TABLES[args.what](d, args.scale, **kw)
     return 0
 
 
+def _check_attack_cell(data, model, attack, beta) -> None:
+    """One `lit-caps attack` cell's names and beta (also every run of an attack sweep)."""
+    from .validate import check_attack_args, check_model
+
+    check_attack_args(attack, dataset=data, beta=beta)
+    check_model(model)
+
+
+def _check_attack(args) -> None:
+    from .validate import check_choice, check_data, check_positive_int, check_writable
+
+    _check_attack_cell(args.data, args.model, args.attack, args.beta)
+    check_positive_int("--threads", args.threads)
+    if args.device is not None:
+        check_choice("device", str(args.device).split(":")[0], ("cpu", "cuda", "mps"))
+    check_writable(args.out, "--out")
+    if args.train:
+        check_writable(args.runs, "--runs")
+    check_data(args.data, args.data_root)
+
+
 def cmd_attack(args) -> int:
+    _check_attack(args)
     import torch
 
-    from . import experiments, worst_case
+    from . import worst_case
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        s = worst_case.run_cell(args.data, args.model, args.attack, args.targeted, args.beta, args.scale,
-                                seed=args.seed, attack_seed=args.attack_seed, runs_root=args.runs, out_dir=args.out,
-                                train=args.train, device=args.device, data_root=args.data_root,
-                                progress=not args.no_progress, wandb_log=not args.no_wandb)
-    except experiments.RunNotFoundError as e:
-        print(f"[lit-caps] {e}", file=sys.stderr)
-        return 2
+    s = worst_case.run_cell(args.data, args.model, args.attack, args.targeted, args.beta, args.scale,
+                            seed=args.seed, attack_seed=args.attack_seed, runs_root=args.runs, out_dir=args.out,
+                            train=args.train, device=args.device, data_root=args.data_root,
+                            progress=not args.no_progress, wandb_log=not args.no_wandb)
     print(f"[lit-caps attack] {args.data}/{args.model} {args.attack} targeted={args.targeted} beta={args.beta}: "
           f"success_rate {s['success_rate']:.4f}, undetected_rate {s['undetected_rate']:.4f}, "
           f"best_undetected_rate {s['best_undetected_rate']:.4f} (N={s['n']}; {s['result']})")
@@ -277,10 +407,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("attack", help="one attack cell at a scale's settings (what W&B sweep agents run)",
-                       description="Attack one trained model at the settings of --scale (R-attacks: Table 3's, "
-                                   "others: Table 1's); writes the result file the tables read, logs "
-                                   "success_rate/undetected_rate to W&B (offline without a key), and to "
-                                   "$LIT_CAPS_SWEEP_METRICS when set. Accepts W&B's --key=value form.")
+                       description=ATTACK_DESCRIPTION)
+    _add_attack_args(p)
+    p.set_defaults(func=cmd_attack)
+
+    from .sweeps import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)
+    from .store_commands import add_parser as add_store_parser
+
+    add_store_parser(sub)
+    return ap
+
+
+ATTACK_DESCRIPTION = ("Attack one trained model at the settings of --scale (R-attacks: Table 3's, others: Table 1's); "
+                      "writes the result file the tables read, logs success_rate/undetected_rate to W&B (offline "
+                      "without a key), and to $LIT_CAPS_SWEEP_METRICS when set. Accepts W&B's --key=value form.")
+
+
+def _add_attack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist")
     p.add_argument("--model", default="capsnet")
     p.add_argument("--attack", default="r_pgd", help="fgsm bim pgd cw r_fgsm r_bim r_pgd")
@@ -297,23 +442,116 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-wandb", action="store_true")
-    p.set_defaults(func=cmd_attack)
 
-    from .sweeps import add_parser as add_sweep_parser
 
-    add_sweep_parser(sub)
-    return ap
+def _check_sweep(args) -> None:
+    """A sweep file loads and expands; when its command is `lit-caps attack`, every run's parameters
+    are options of it with valid values (a bad beta fails now, not in each of its runs)."""
+    from pathlib import Path
+
+    from . import sweeps
+
+    if args.sweep_cmd == "collect":
+        if not Path(args.state_dir).is_dir():
+            raise _invalid(f"no sweep state folder at {args.state_dir} (`lit-caps sweep local` makes "
+                           f"results/sweeps/<sweep name>/)")
+        return
+    path = Path(args.sweep)
+    if not path.is_file():
+        raise _invalid(f"no sweep file {args.sweep}")
+    if args.count is not None and args.count < 1:
+        raise _invalid(f"--count {args.count}: must be a positive number of runs")
+    sweep = sweeps.load_sweep(path)
+    runs = sweeps.expand(sweep, args.count, args.seed)
+    command = [str(c) for c in sweep.get("command") or sweeps.DEFAULT_COMMAND]
+    program = str(sweep.get("program") or "")
+    head = command[:command.index("attack")] if "attack" in command else []
+    if not any(c.endswith(PROG) or "lit_caps" in c or (c == "${program}" and ("lit_caps" in program or
+                                                                                program.endswith(PROG)))
+               for c in head):
+        return
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_attack_args(probe)
+    options = {o[2:] for a in probe._actions for o in a.option_strings if o.startswith("--")}
+    defaults = vars(probe.parse_args([]))
+    for params in runs:
+        for k in params:
+            if k not in options:
+                best = difflib.get_close_matches(k, sorted(options), n=1, cutoff=0.6)
+                raise _invalid(f"{path}: parameter {k!r} is not an option of `lit-caps attack`"
+                               + (f"; did you mean {best[0]!r}?" if best else f"; options: {', '.join(sorted(options))}"))
+        p = {**defaults, **{k.replace("-", "_"): v for k, v in params.items()}}
+        beta = p.get("beta")
+        if isinstance(beta, str):
+            try:
+                beta = float(beta)
+            except ValueError:
+                raise _invalid(f"{path}: beta={beta!r}: must be a number in [0, 1]") from None
+        try:
+            _check_attack_cell(p["data"], p["model"], p["attack"], beta)
+        except Exception as e:
+            from .errors import UserError
+
+            if isinstance(e, UserError):
+                raise type(e)(f"{path}: {e}") from None
+            raise
+
+
+def _one_line(msg: str) -> str:
+    """A multi-line message (data.py's, experiments.py's) joined into one line."""
+    out = ""
+    for part in (" ".join(line.split()) for line in str(msg).splitlines()):
+        if not part:
+            continue
+        if not out:
+            out = part
+        elif out.endswith((":", ".", ";")) or part.startswith("("):
+            out += " " + part
+        else:
+            out += "; " + part
+    return out
+
+
+#: OS errors that a user fixes (a folder without write permission, a read-only or full disk)
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _user_error_message(e: BaseException, cmd: str | None) -> str | None:
+    """The one-line message of a user error, None for anything else (a bug: it keeps its traceback)."""
+    from .errors import UserError
+
+    kinds: list[type] = [UserError]
+    for mod, name in (("lit_caps.data", "DataNotFoundError"), ("lit_caps.experiments", "RunNotFoundError")):
+        m = sys.modules.get(mod)  # not imported: not what was raised
+        if m is not None and hasattr(m, name):
+            kinds.append(getattr(m, name))
+    if isinstance(e, tuple(kinds)):
+        return _one_line(str(e))
+    if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
+        where = e.filename if e.filename is not None else "a file"
+        folder = os.path.dirname(os.path.abspath(where)) if e.filename is not None else "its folder"
+        return (f"cannot write {where}: {e.strerror}; choose another output folder (--runs, --out, --reports) "
+                f"or make {folder} writable")
+    if cmd == "sweep" and isinstance(e, ValueError):  # a malformed or unsupported sweep YAML
+        return _one_line(str(e))
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd == "sweep":
-        try:
-            return args.func(args)
-        except ValueError as e:  # a malformed or unsupported sweep YAML: the message says what to change
-            print(f"[lit-caps sweep] {e}", file=sys.stderr)
-            return 2
-    return args.func(args)
+    try:
+        from .config import check_recipe
+
+        check_recipe()  # LIT_CAPS_RECIPE applies to every config any command composes
+        if args.cmd == "sweep":
+            _check_sweep(args)
+        return args.func(args)
+    except Exception as e:  # noqa: BLE001: user errors become one line, anything else is re-raised
+        msg = _user_error_message(e, args.cmd)
+        if msg is None or os.environ.get("LIT_CAPS_DEBUG", "").strip() not in ("", "0"):
+            raise
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

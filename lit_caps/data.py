@@ -18,8 +18,9 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .errors import UserError
 from .io import atomic_write
 
 DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10", "mnist_c")
@@ -34,7 +35,7 @@ IMAGE_SHAPES = {
 EPSILON = {"mnist": 0.3, "fashion_mnist": 0.1, "svhn": 0.1, "cifar10": 8 / 255, "mnist_c": 0.3}
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(FileNotFoundError, UserError):
     """Raised when a dataset's files are missing; the message says what is expected and how to get it."""
 
 
@@ -121,8 +122,30 @@ def load_cifar10(root: Path, train: bool, download: bool = False):
                    _DOWNLOAD_HINT + "; for a test-split-only copy use `data.cifar10_split_test=true`")
 
 
+_M64 = (1 << 64) - 1
+
+
+def mix64(*words: int) -> int:
+    """A well-mixed 64-bit value determined by ``words`` alone (splitmix64 rounds): the seed of the
+    random draws at one position of training, e.g. ``mix64(seed, epoch)``."""
+    h = 0
+    for w in words:
+        h = ((h ^ (int(w) & _M64)) + 0x9E3779B97F4A7C15) & _M64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _M64
+        h ^= h >> 31
+    return h
+
+
 class ImageTensorDataset(Dataset):
-    """uint8 images [N,C,H,W] + labels; yields (float image in [0,1], label, index)."""
+    """uint8 images [N,C,H,W] + labels; yields (float image in [0,1], label, index).
+
+    Augmentation (``shift``: a translation uniform in [-shift, shift] on each axis, zero padded;
+    ``hflip``: a horizontal flip with p = 0.5). The training loader indexes with ``(index, stream)``
+    keys (:class:`EpochSampler`, ``stream = mix64(seed, epoch)``): the draws then come from
+    ``mix64(stream, index)``, a function of the seed, the epoch and the example only, so a resumed run
+    draws what the uninterrupted one drew. A plain integer index draws from torch's global RNG.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int = 0, hflip: bool = False):
         self.images, self.labels, self.shift, self.hflip = images, labels, shift, hflip
@@ -130,16 +153,98 @@ class ImageTensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            i, stream = key
+            bits = mix64(stream, i) if (self.shift or self.hflip) else 0
+        else:
+            i, bits = key, None
         x = self.images[i].float().div_(255)
         if self.shift:
             s = self.shift
             x = F.pad(x, (s, s, s, s))
-            dx, dy = torch.randint(0, 2 * s + 1, (2,)).tolist()
+            if bits is None:
+                dx, dy = torch.randint(0, 2 * s + 1, (2,)).tolist()
+            else:  # two independent 32-bit words, uniform over 0..2s (bias < 1e-9)
+                dx, dy = (bits & 0xFFFFFFFF) % (2 * s + 1), (bits >> 32) % (2 * s + 1)
             x = x[:, dy:dy + self.images.shape[2], dx:dx + self.images.shape[3]]
-        if self.hflip and torch.rand(()) < 0.5:
+        if self.hflip and (torch.rand(()) < 0.5 if bits is None else mix64(bits, 1) & 1):
             x = x.flip(-1)
         return x, int(self.labels[i]), i
+
+
+class EpochSampler(DistributedSampler):
+    """The training order: a permutation of the training set drawn from ``(seed, epoch)`` alone, a new
+    one every epoch (Lightning calls ``set_epoch``), sharded over ranks as DistributedSampler does
+    (Lightning then leaves it in place under DDP). Yields ``(index, stream)`` keys with
+    ``stream = mix64(seed, epoch)``, from which :class:`ImageTensorDataset` draws the augmentation.
+    ``skip``: this rank's first samples to leave out, once (set by :class:`ResumableDataLoader` when
+    a run resumes mid-epoch)."""
+
+    def __init__(self, dataset, seed: int = 0, num_replicas: int = 1, rank: int = 0, shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.skip = 0
+
+    def __iter__(self):
+        n = len(self.dataset)
+        stream = mix64(self.seed, self.epoch)
+        if self.shuffle:
+            idx = torch.randperm(n, generator=torch.Generator().manual_seed(stream >> 1)).tolist()
+        else:
+            idx = list(range(n))
+        if self.total_size > n:  # pad so that every rank gets the same number (as DistributedSampler)
+            idx += (idx * (self.total_size // n + 1))[: self.total_size - n]
+        idx = idx[self.rank:self.total_size:self.num_replicas]
+        skip, self.skip = self.skip, 0
+        for i in idx[skip:]:
+            yield (i, stream)
+
+
+class ResumableDataLoader(DataLoader):
+    """The training DataLoader, saved in checkpoints: Lightning stores ``state_dict()`` (the epoch and
+    the batches already delivered in it) and, when it resumes a run mid-epoch, calls
+    ``load_state_dict`` before iterating, so the run continues with the next batch of the same
+    permutation instead of restarting the epoch. Needs an :class:`EpochSampler`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, EpochSampler):
+            raise TypeError("ResumableDataLoader needs sampler=EpochSampler(...)")
+        self._epoch: int | None = None
+        self._delivered = 0
+        self._resume: tuple[int, int] | None = None
+
+    def __iter__(self):
+        epoch, done = self.sampler.epoch, 0
+        if self._resume is not None:
+            (r_epoch, r_done), self._resume = self._resume, None
+            if r_epoch == epoch:
+                done = r_done
+        self.sampler.skip = done * self.batch_size
+        self._epoch, self._delivered = epoch, done
+        for batch in super().__iter__():
+            self._delivered += 1
+            yield batch
+
+    def _identity(self) -> dict:
+        s = self.sampler
+        return {"seed": s.seed, "batch_size": self.batch_size, "num_replicas": s.num_replicas, "size": len(s.dataset),
+                "shuffle": s.shuffle}
+
+    def state_dict(self) -> dict:
+        epoch = self.sampler.epoch if self._epoch is None else self._epoch
+        return {"epoch": epoch, "batches": self._delivered, **self._identity()}
+
+    def load_state_dict(self, state: dict) -> None:
+        ident = self._identity()
+        if {k: state.get(k) for k in ident} != ident:
+            import warnings
+
+            warnings.warn(f"the checkpoint's training loader ({ {k: state.get(k) for k in ident} }) differs from this "
+                          f"one ({ident}): the interrupted epoch restarts from its first batch", stacklevel=2)
+            return
+        self.sampler.set_epoch(int(state["epoch"]))
+        self._resume = (int(state["epoch"]), int(state["batches"]))
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +274,8 @@ class CapsDataModule(L.LightningDataModule):
         cifar10_split_test: no CIFAR-10 train split on disk: split the 10,000 test images into
             train (``cifar10_test_holdout`` kept as test) - a documented stand-in, never silent.
         limit_train: use only the first N training examples (smoke runs).
+        seed: the training order and augmentation seed (``fit`` passes the experiment's seed): each
+            epoch's permutation and each example's shift/flip derive from (seed, epoch, index).
     """
 
     def __init__(
@@ -188,6 +295,7 @@ class CapsDataModule(L.LightningDataModule):
         cifar10_split_test: bool = False,
         cifar10_test_holdout: int = 2000,
         limit_train: int | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         if name not in DATASETS:
@@ -255,11 +363,20 @@ class CapsDataModule(L.LightningDataModule):
 
     # -- loaders -------------------------------------------------------------------------------
     def _loader(self, ds, shuffle: bool, batch_size: int):
+        # its own generator: a loader's iterator draws its base seed from it, not from the global RNG
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0, drop_last=False)
+                          persistent_workers=self.hparams.num_workers > 0, drop_last=False,
+                          generator=torch.Generator().manual_seed(self.hparams.seed))
 
     def train_dataloader(self):
-        return self._loader(self.train_set, True, self.hparams.batch_size)
+        """Shuffled every epoch by an :class:`EpochSampler` (seeded by ``seed`` and the epoch), resumable mid-epoch."""
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(self.train_set, seed=self.hparams.seed, num_replicas=world, rank=rank)
+        return ResumableDataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
+                                   num_workers=self.hparams.num_workers, drop_last=False,
+                                   persistent_workers=self.hparams.num_workers > 0,
+                                   generator=torch.Generator().manual_seed(self.hparams.seed))
 
     def val_dataloader(self):
         return self._loader(self.val_set, False, self.hparams.eval_batch_size)

@@ -29,7 +29,7 @@ from . import experiments as ex
 from .config import recipe_env_prefix
 from .evaluation import predict_batched
 from .io import write_json_atomic
-from .reports import DATASET_NAMES, write_atomic
+from .reports import DATASET_NAMES, generation_line, write_atomic
 
 CLASS_NAMES = {
     "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -202,7 +202,7 @@ def class_pairs(dataset: str = "fashion_mnist", scale: str = "quick", runs_root=
                   if more else "at this scale CapsNet's pairwise success does *not* follow class similarity more "
                   "than the CNNs' (the paper's claim is not reproduced).")]
     md += ["", "Pairwise success rates (%) per model: the CSV's `pairs_table`; the heat maps above (rows: source, "
-           "columns: target).", "", f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} in {ex._dur(time.perf_counter() - t0)}."]
+           "columns: target).", "", generation_line(time.perf_counter() - t0)]
     write_atomic(Path(report_dir) / f"{stem}.csv", df.to_csv(index=False))
     write_atomic(Path(report_dir) / f"{stem}.md", "\n".join(md) + "\n")
     print(f"[fig4 {dataset}/{scale}] report: {Path(report_dir) / f'{stem}.md'}", flush=True)
@@ -278,7 +278,7 @@ def galleries(dataset: str = "mnist", scale: str = "quick", runs_root="runs", ou
     for r in rows:
         md.append(f"| {ex._model_name(r['model'])} | {r['beta_source']} | {r['success_and_undetected']}/"
                   f"{r['candidates']} ({r['success_and_undetected_pct']:.1f}%) | {r['shown']} |")
-    md += ["", f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} in {ex._dur(time.perf_counter() - t0)}."]
+    md += ["", generation_line(time.perf_counter() - t0)]
     write_atomic(Path(report_dir) / f"galleries_{dataset}_{scale}.md", "\n".join(md) + "\n")
     write_atomic(Path(report_dir) / f"galleries_{dataset}_{scale}.csv", df.to_csv(index=False))
     if wandb_log:

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +47,9 @@ from typing import Any
 
 import pandas as pd
 
+from . import store
 from .config import config_hash, recipe_env_prefix
-from .reports import DATASET_NAMES, _hms, paper_table, write_atomic
+from .reports import DATASET_NAMES, _hms, generation_line, paper_table, write_atomic
 
 MODELS = ("capsnet", "cnn_cr", "cnn_r")
 STANDARD_ATTACKS = ("fgsm", "bim", "pgd", "cw")
@@ -146,6 +145,10 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
     for p in sorted((root / dataset).glob(f"{model}-*-s{int(seed)}-*/config.yaml")):
         if not (p.parent / "summary.json").is_file():
             unfinished.append((p.parent / "summary.json", None))
+    # the committed model cards (lit_caps.store) count where no local run of the same config exists
+    local = {p.parent.name for p, _ in found}
+    found += [(p, s) for p, s in store.card_summaries(dataset, model, seed)
+              if p.parent.name not in local and (arch is None or s.get("arch") == arch)]
     if not found:
         msg = f"no complete run of {model} on {dataset} with seed {seed}" + (f" and arch {arch}" if arch else "") + \
             f" under {root}/. Train it with:\n    {_fit_command(dataset, model, seed, arch)}"
@@ -167,7 +170,9 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
         raise RunNotFoundError(f"no complete run of {model} on {dataset} with seed {seed} and LIT_CAPS_RECIPE="
                                f"{' '.join(recipe)!r} (config {default}) under {root}/. Train it with:\n"
                                f"    {_fit_command(dataset, model, seed, arch)}")
-    p, s = max(found, key=lambda ps: ps[0].stat().st_mtime_ns)
+    # the newest local run; a committed model card only when no local run is left (its files'
+    # modification times are those of the checkout)
+    p, s = max(found, key=lambda ps: (not _in_store(ps[0]), ps[0].stat().st_mtime_ns))
     if default is not None and s.get("config_hash") != default:
         import sys
 
@@ -175,9 +180,23 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
               f"(seed {seed}); using the newest complete run {p.parent} (config {s.get('config_hash')}). "
               f"Train the default with `{_fit_command(dataset, model, seed, arch)}`, or set LIT_CAPS_RECIPE "
               f"to use one recipe's runs only.", file=sys.stderr)
-    # the run's model: last.ckpt, or best.ckpt for runs that select the best validation epoch
-    ckpt = p.parent / "checkpoints" / Path(s.get("checkpoint") or "last.ckpt").name
-    return dict(s, run_dir=str(p.parent), checkpoint=str(ckpt), summary_path=str(p))
+    return located(p, s)
+
+
+def _in_store(summary_path: Path) -> bool:
+    return store.is_model_card(summary_path.parent / store.MODEL_FILE) and \
+        (summary_path.parent / store.MODEL_FILE).is_file() and not (summary_path.parent / "checkpoints").is_dir()
+
+
+def located(summary_path: Path, s: dict) -> dict:
+    """A summary with ``run_dir``, ``checkpoint`` and ``summary_path`` pointing to where it was found
+    (a run folder: checkpoints/last.ckpt, or best.ckpt for runs that select the best validation
+    epoch; a committed model card: its model.pt)."""
+    if _in_store(summary_path):
+        ckpt = summary_path.parent / store.MODEL_FILE
+    else:
+        ckpt = summary_path.parent / "checkpoints" / Path(s.get("checkpoint") or "last.ckpt").name
+    return dict(s, run_dir=str(summary_path.parent), checkpoint=str(ckpt), summary_path=str(summary_path))
 
 
 @dataclass
@@ -210,7 +229,10 @@ def load_trained(summary: dict, data_root: str | None = None) -> LoadedRun:
     from .evaluation import model_hash
 
     overrides = [f"data.root={data_root}"] if data_root else []
-    cfg, dm, module = load_run(summary["checkpoint"], overrides)
+    if store.is_model_card(summary["checkpoint"]):
+        cfg, dm, module = store.load_model_card(summary["checkpoint"], overrides)
+    else:
+        cfg, dm, module = load_run(summary["checkpoint"], overrides)
     if module.threshold is None or module.val_distances is None:
         raise RuntimeError(f"{summary['checkpoint']} holds no detection threshold (saved before validation?); "
                            "finish the run with "
@@ -245,6 +267,7 @@ def results_dir(out_dir, scale: str) -> Path:
     """Where a scale's result files go: ``out_dir`` itself at the paper scale (the identities that
     ``lit-caps evaluate`` with the presets also gives), ``out_dir/<scale>`` otherwise, so that the
     reduced settings never share a file name (which does not encode iterations) with full ones."""
+    store.restore_results(out_dir)  # a fresh clone: the committed results come back first
     return Path(out_dir) if scale == "paper" else Path(out_dir) / scale
 
 
@@ -452,6 +475,7 @@ def _row(table: str, dataset: str, scale: str, cell: Cell, run, paper: tuple | N
         "attack_seed": st.get("seed"), "chunk_size": st.get("chunk_size"), "threshold": st.get("threshold"),
         "wall_time_s": round(r["run"]["wall_time_s"], 1) if cell.complete else None,
         "device": r["run"]["device"] if cell.complete else None, "result": r.get("path"),
+        "torch_version": r["run"].get("torch_version") if cell.complete else None,
     })
     if isinstance(run, LoadedRun):
         sm = run.summary
@@ -547,16 +571,16 @@ def _models_table(runs: dict, title="model") -> list[str]:
 
 
 def _footer(rows: list[dict], device: str) -> list[str]:
-    import torch
-
     done = [r for r in rows if r["wall_time_s"] is not None]
     wall = sum(r["wall_time_s"] for r in done)
     devs = sorted({r["device"] for r in done if r["device"]})
+    # what the result files recorded, never this invocation's machine: the report is rewritten from the
+    # committed results on any machine and must come out the same (only the generation line differs)
+    torch_versions = sorted({r["torch_version"] for r in done if r.get("torch_version")})
     return ["", f"Attack wall time of the finished cells: {_dur(wall)} in total (per cell above; summed over "
-            f"chunks, resumes included). Devices of the finished cells: {', '.join(devs) or '-'}; this invocation: "
-            f"{device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-            f"{platform.processor() or platform.machine()} with {os.cpu_count()} cores ({socket.gethostname()}).",
-            f"Report written {time.strftime('%Y-%m-%d %H:%M:%S %z')}."]
+            f"chunks, resumes included), as recorded in their result files. Devices of the finished cells: "
+            f"{', '.join(devs) or '-'}; torch {', '.join(torch_versions) or '-'}.",
+            generation_line()]
 
 
 def _header(title: str, command: str, dataset: str, scale: str, table: str, rows: list[dict], betas=None) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 
 from . import experiments as ex
 from .config import recipe_env_prefix
-from .reports import DATASET_NAMES, write_atomic
+from .reports import DATASET_NAMES, generation_line, write_atomic
 
 #: test images for panel (a) per scale (the seeded subset of lit_caps.evaluation.subset_positions)
 N_A = {"smoke": 50, "quick": 1000, "paper": 10000}
@@ -103,7 +103,7 @@ def fig1(dataset: str = "mnist", scale: str = "quick", runs_root="runs", out_dir
                   f"{num(r['mean_clean'])} | {num(r['mean_adv_successful'])} | {pct(r['pgd_success_rate'])} | "
                   f"{pct(r['successful_flagged'])} | {num(r['roc_auc'])} |")
     md += ["", "CNN+R: (a) does not apply (its reconstruction uses the whole penultimate layer, not one class's part).",
-           f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} in {ex._dur(time.perf_counter() - t0)}."]
+           generation_line(time.perf_counter() - t0)]
     write_atomic(Path(report_dir) / f"fig1_{dataset}_{scale}.csv", df.to_csv(index=False))
     write_atomic(Path(report_dir) / f"fig1_{dataset}_{scale}.md", "\n".join(md) + "\n")
     print(f"[fig1 {dataset}/{scale}] {png}", flush=True)

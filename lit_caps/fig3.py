@@ -25,7 +25,7 @@ import pandas as pd
 from . import experiments as ex
 from .config import recipe_env_prefix
 from .experiments import Cell
-from .reports import write_atomic
+from .reports import generation_line, write_atomic
 
 VARIANTS = ("capsnet", "capsnet_all", "capsnet_winner")
 SPLIT_OVERRIDES = ("data.cifar10_split_test=true", "data.val_size=1000")
@@ -150,7 +150,7 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
                   f"{s.get('seed')} | {s.get('epochs')} | {100 * s['test_acc']:.2f} ({s.get('test_size')}) | "
                   f"{ex._dur(s.get('train_wall_s') or 0)} | {run.threshold:.4f} | {s.get('parameters'):,} | "
                   f"`{Path(s['run_dir']).name}` |")
-    md += ["", f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')}; this invocation {ex._dur(time.perf_counter() - t0)}."]
+    md += ["", generation_line(time.perf_counter() - t0)]
     stem = f"fig3_cifar10_{scale}"
     write_atomic(Path(report_dir) / f"{stem}.csv", df.to_csv(index=False))
     write_atomic(Path(report_dir) / f"{stem}.md", "\n".join(md) + "\n")

@@ -10,9 +10,10 @@ detection threshold at ``fpr`` (default 5%: the 95th percentile) are kept and st
 checkpoint under ``checkpoint["detection"]``.
 
 ``ema_decay > 0`` keeps an exponential moving average of the weights (Polyak averaging; decay
-``min(ema_decay, (1 + n) / (10 + n))`` after n optimizer steps) in ``self.ema``. The averaged
-model is the one validated, tested and thresholded (``eval_model()``); the raw weights are also
-validated (``val/acc_raw``), so one run compares the two on validation. A checkpoint holds both:
+``min(ema_decay, (1 + n) / (10 + n))`` after n optimizer steps, updated right after each step) in
+``self.ema``. The averaged model is the one validated, tested and thresholded (``eval_model()``);
+the raw weights are also validated (``val/acc_raw``), so one run compares the two on validation.
+A checkpoint holds both:
 resuming a fit continues the raw weights and their average, while loading it for evaluation
 (``load_from_checkpoint``) puts the averaged weights into ``model``, so every consumer of a
 checkpoint gets the model whose error was reported.
@@ -72,8 +73,15 @@ class LitReconstructionClassifier(L.LightningModule):
     def forward(self, x: Tensor):
         return self.model(x) if self.training else self.eval_model()(x)
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # here, not in on_train_batch_end: callbacks' on_train_batch_end (the mid-epoch checkpoint) run
+        # before the module's, so a checkpoint taken there would miss this step's update
+        self.update_average()
+
     @torch.no_grad()
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def update_average(self) -> None:
+        """One weight-average update, after each optimizer step."""
         if self.ema is None:
             return
         self.ema_updates += 1
@@ -173,6 +181,15 @@ class LitReconstructionClassifier(L.LightningModule):
                 "fpr": self.hparams.fpr,
                 "epoch": self.current_epoch,
             }
+        # mid-epoch: the running epoch's training accuracy, so that a run resumed there logs the same
+        # train/acc_epoch as an uninterrupted one (after the epoch's last batch it is not needed:
+        # the metric restarts with the next epoch)
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            checkpoint["train_metric_state"] = {
+                "train_acc": {k: v.detach().clone() for k, v in self.train_acc.metric_state.items()},
+                "train_acc_updates": int(self.train_acc._update_count),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
@@ -185,3 +202,9 @@ class LitReconstructionClassifier(L.LightningModule):
         if det is not None:
             self.val_distances = det["val_distances"]
             self.threshold = det["threshold"]
+        tms = checkpoint.get("train_metric_state")
+        if fitting and tms is not None:
+            for k, v in tms["train_acc"].items():
+                setattr(self.train_acc, k, v.to(getattr(self.train_acc, k).device))
+            self.train_acc._update_count = tms["train_acc_updates"]
+            self.train_acc._computed = None

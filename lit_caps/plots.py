@@ -283,3 +283,56 @@ def plot_undetected_vs_fpr_panels(panels: dict, path, title: str = "", ncols: in
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_training_curves(metrics, path, title: str = "") -> Path:
+    """A run's training curves per epoch (1-based, epochs completed): loss (training: the mean of
+    the logged steps, validation), accuracy (%: training epoch, validation, and the raw weights'
+    validation accuracy when a weight average is kept) and the detection threshold (the 95th
+    percentile of validation distances at 5% FPR). ``metrics``: the run's ``metrics.csv`` path(s)
+    or a DataFrame of their rows (Lightning's CSV logger: one row per logged step or epoch)."""
+    import pandas as pd
+    from matplotlib.ticker import MaxNLocator
+
+    if not isinstance(metrics, pd.DataFrame):
+        paths = [metrics] if isinstance(metrics, (str, Path)) else list(metrics)
+        metrics = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    d = metrics.dropna(subset=["epoch"]) if "epoch" in metrics else metrics.iloc[0:0]
+
+    def per_epoch(col: str, how: str = "last"):
+        if col not in d:
+            return None
+        s = d.dropna(subset=[col]).groupby("epoch")[col]
+        s = s.mean() if how == "mean" else s.last()
+        return None if s.empty else (s.index.to_numpy(dtype=float) + 1, s.to_numpy(dtype=float))
+
+    panels = [
+        ("loss", [("train (mean of logged steps)", per_epoch("train/loss", "mean")),
+                  ("validation", per_epoch("val/loss"))]),
+        ("accuracy (%)", [("train", per_epoch("train/acc_epoch")), ("validation", per_epoch("val/acc")),
+                          ("validation, raw weights", per_epoch("val/acc_raw"))]),
+        ("detection threshold", [("val. distance, 95th pct.", per_epoch("val/threshold"))]),
+    ]
+    n_epochs = max([int(xy[0].max()) for _, lines in panels for _, xy in lines if xy is not None] or [1])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), layout="constrained")
+    for ax, (ylabel, lines) in zip(axes, panels):
+        drawn = 0
+        for color, (label, xy) in enumerate(lines):
+            if xy is None:
+                continue
+            x, y = xy
+            ax.plot(x, 100 * y if ylabel.startswith("accuracy") else y, "o-", ms=3, lw=1.5, label=label,
+                    color=f"C{color}")
+            drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+        elif drawn > 1 or ylabel.startswith("loss"):
+            ax.legend(frameon=False, fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0.5, n_epochs + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

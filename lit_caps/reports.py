@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -25,14 +24,31 @@ def write_atomic(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
-def collect_summaries(runs: str | Path) -> list[dict]:
-    out = []
-    for p in sorted(Path(runs).glob("*/*/summary.json")):
-        s = json.loads(p.read_text())
-        if s.get("complete"):
-            s["_dir"] = str(p.parent)  # where the run's files are (run_dir may be relative to another cwd)
-            out.append(s)
+def collect_summaries(runs: str | Path, with_store: bool = True) -> list[dict]:
+    """The complete runs under ``runs``, plus (``with_store``) the committed model cards of
+    :mod:`lit_caps.store` that no local run of the same name replaces."""
+    from . import store
+
+    out, names = [], set()
+    roots = [Path(runs)] + ([store.models_root()] if with_store else [])
+    for root in roots:
+        for p in sorted(root.glob("*/*/summary.json")):
+            s = json.loads(p.read_text())
+            if s.get("complete") and (s["dataset"], p.parent.name) not in names:
+                names.add((s["dataset"], p.parent.name))
+                s["_dir"] = str(p.parent)  # where the run's files are (run_dir may be relative to another cwd)
+                out.append(s)
     return out
+
+
+#: The one line of a report that says when it was generated: the only line allowed to differ when a
+#: report is rewritten from the committed store (``lit-caps report check`` ignores it).
+GENERATION_PREFIX = "Report written "
+
+
+def generation_line(took_s: float | None = None) -> str:
+    took = "" if took_s is None else f" in {_hms(took_s) if took_s >= 60 else f'{took_s:.1f}s'}"
+    return f"{GENERATION_PREFIX}{time.strftime('%Y-%m-%d %H:%M:%S %z')}{took}."
 
 
 def _hms(seconds: float) -> str:
@@ -203,7 +219,7 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
                 continue
             for s in mine:
                 err = 100 * s["test_error"]
-                run_files = Path(s.get("_dir", s["run_dir"]))
+                run_files = Path(s["_dir"] if "_dir" in s else s["run_dir"])
                 cfg = yaml.safe_load((run_files / "config.yaml").read_text()) \
                     if (run_files / "config.yaml").is_file() else {}
                 recipe = _recipe(cfg, model)
@@ -217,7 +233,7 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
                     "train_wall": _hms(s["train_wall_s"]), "train_wall_s": s["train_wall_s"], "seed": s["seed"],
                     "arch": s["arch"], "config_hash": s["config_hash"], "params": s["parameters"],
                     "test_size": s.get("test_size"), "threshold_5pct_fpr": round(s["threshold"], 4),
-                    "device": s.get("device"), "run_dir": s["run_dir"], "recipe": recipe,
+                    "device": s.get("device"), "run": run_files.name, "recipe": recipe,
                     "val_error_pct": last_val_error(val), "val_error_last5_pct": last_val_error(val, 5),
                     "val_error_raw_last5_pct": last_val_error(val_errors(metrics, "val/acc_raw"), 5),
                     "target_pct": target,
@@ -259,8 +275,10 @@ def clean_error_report(runs: str | Path = "runs", out: str | Path = "reports",
             f"{r['params']:,} | {r['threshold_5pct_fpr']} |")
     lines += _arch_section(rows)
     lines += _weight_average_section(rows)
-    lines += ["", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores. Wall time is "
-              "the training loop's (validation included), accumulated across resumes; runs that shared the CPU "
-              "with other jobs took longer than the throughput in `make bench` implies."]
+    lines += ["", "Wall time is the training loop's (validation included), accumulated across resumes, as recorded "
+              "in each run's summary.json on the machine that trained it; runs that shared the CPU with other "
+              "jobs took longer than the throughput in `make bench` implies. The models of the default configs "
+              "are committed (`reports/models/`, `lit-caps store`), so this report is rewritten from them on "
+              "any machine."]
     write_atomic(out / "clean_error.md", "\n".join(lines) + "\n")
     return df

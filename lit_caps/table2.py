@@ -25,7 +25,7 @@ import torch
 from . import experiments as ex
 from .config import recipe_env_prefix
 from .corruptions import PAPER_CORRUPTIONS, PUBLIC_CORRUPTIONS
-from .reports import paper_table, write_atomic
+from .reports import generation_line, paper_table, write_atomic
 
 #: test images per corruption (None: the whole test split)
 N_TABLE2 = {"smoke": 100, "quick": None, "paper": None}
@@ -164,8 +164,8 @@ def _report(df, runs, scale, stem, report_dir, figs, n, elapsed) -> None:
         s = run.summary
         md.append(f"| {ex._model_name(m)} | `{Path(s['run_dir']).name}` | {s.get('epochs')} | "
                   f"{100 * s.get('test_error', float('nan')):.2f} | {run.threshold:.4f} | {run.model_hash} |")
-    md += ["", f"Wall time of this invocation: {ex._dur(elapsed)} (corruptions generated once, then cached). "
-           f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')}."]
+    md += ["", generation_line(elapsed)[:-1] + " (this invocation's wall time; the corruptions are generated once, "
+           "then cached)."]
     write_atomic(Path(report_dir) / f"{stem}.csv", df.to_csv(index=False))
     write_atomic(Path(report_dir) / f"{stem}.md", "\n".join(md) + "\n")
     print(f"[table2 {scale}] report: {Path(report_dir) / f'{stem}.md'}", flush=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import experiments as ex
+from . import store
 from .config import recipe_env_prefix
 from .experiments import Cell, LoadedRun
 from .reports import DATASET_NAMES, paper_table, write_atomic
@@ -82,6 +83,10 @@ def ensure_run_cfg(cfg: dict, *, runs_root="runs", train: bool = True, data_root
     sp = run / "summary.json"
     summary = json.loads(sp.read_text()) if sp.is_file() else {}
     done = summary.get("complete") and summary.get("epochs") == cfg["train"]["max_epochs"]
+    card = store.card_for(run.name, cfg["data"]["name"]) if not done and not sp.is_file() else None
+    if card is not None:  # no local run: the committed model of this config (same run name = same hash)
+        csp = card / "summary.json"
+        return ex.load_trained(ex.located(csp, json.loads(csp.read_text())), data_root)
     if not done:
         model, dataset, seed = cfg["model"], cfg["data"]["name"], cfg["seed"]
         if not train:
@@ -260,6 +265,8 @@ def _wandb_log(name: str, scale: str, df: pd.DataFrame, figures: dict, series: d
         from .logging import ensure_wandb_mode
 
         mode = ensure_wandb_mode()
+        wandb_dir = os.environ.get("WANDB_DIR") or wandb_dir  # the user's WANDB_DIR wins, as in W&B
+        Path(wandb_dir).mkdir(parents=True, exist_ok=True)  # else wandb falls back to a temp folder
         run = wandb.init(project="lit_caps", job_type=name, name=f"{name}-{scale}", mode=mode,
                          dir=str(wandb_dir), config={"table": name, "scale": scale},
                          reinit="finish_previous")
@@ -592,9 +599,14 @@ def run_cell(dataset: str, model: str, attack: str, targeted: bool, beta: float 
              wandb_log: bool = True) -> dict:
     """One attack cell at a scale's settings (R-attacks: Table 3's, others: Table 1's): the result
     file that the tables read, a W&B run (offline unless a key is set; under ``wandb agent`` it is
-    the sweep's run) with ``success_rate`` / ``undetected_rate`` / ``best_undetected_rate`` in its
-    summary, and, when ``LIT_CAPS_SWEEP_METRICS`` is set (``lit-caps sweep local``), those metrics
-    as JSON there. Returns the result's summary."""
+    the sweep's run) with ``success_rate`` / ``undetected_rate`` / ``best_undetected_rate`` /
+    ``roc_auc`` in its summary, the attack settings in its config, the undetected rate over ``fpr``
+    (``undetected_at_fpr``, ``fpr`` its x-axis), its files under ``<results dir>/wandb`` (or
+    ``$WANDB_DIR``) and its id
+    keyed by the model run and the result's settings (outside sweeps), and, when
+    ``LIT_CAPS_SWEEP_METRICS`` is set (``lit-caps sweep local``), those metrics as JSON there.
+    Agents running the same cell into one results folder split its chunks (claims). Returns the
+    result's summary."""
     table = "table3" if attack.startswith("r_") else "table1"
     sc = ex.scale_settings(scale, table)
     run = ensure_run(dataset, model, scale, seed=seed, runs_root=runs_root, train=train, data_root=data_root)
@@ -603,9 +615,13 @@ def run_cell(dataset: str, model: str, attack: str, targeted: bool, beta: float 
                                   f"{scale}; train it with:\n    {run}\n(or pass --train)")
     device = ex._device(device)
     cell = Cell(model, attack, bool(targeted), None if beta is None else float(beta))
+    res_dir = ex.results_dir(out_dir, scale)
     t0 = time.perf_counter()
-    res = ex._evaluate(run, cell, dataset, sc, attack_seed=attack_seed, out_dir=ex.results_dir(out_dir, scale),
+    res = ex._evaluate(run, cell, dataset, sc, attack_seed=attack_seed, out_dir=res_dir,
                        device=device, only_report=False, progress=progress)
+    if res.get("status") != "complete":
+        raise RuntimeError(f"{res['path']}: chunks {res.get('missing_chunks')} are still missing (held by other "
+                           f"processes that stopped?); run the same command again to finish them")
     s = res["summary"]
     metrics = {k: s[k] for k in ("success_rate", "undetected_rate", "best_undetected_rate", "clean_accuracy",
                                  "roc_auc", "mean_linf", "mean_l2") if k in s}
@@ -621,19 +637,32 @@ def run_cell(dataset: str, model: str, attack: str, targeted: bool, beta: float 
 
             from .logging import ensure_wandb_mode
 
+            run_name = Path(run.summary.get("run_dir") or Path(run.checkpoint).parent).name
             config = {"data": dataset, "model": model, "attack": attack, "targeted": bool(targeted), "beta": beta,
-                      "scale": scale, "seed": seed, "attack_seed": attack_seed, **res["settings"]}
+                      "scale": scale, "seed": seed, "attack_seed": attack_seed, "model_run": run_name,
+                      "result": res["name"], "settings_hash": res["settings_hash"], **res["settings"]}
+            kw = {}
+            if not (os.environ.get("WANDB_SWEEP_ID") or os.environ.get("WANDB_RUN_ID")):  # a sweep names its runs
+                rid = f"attack-{run_name}-{res['name']}-{res['settings_hash'][:8]}"
+                kw = dict(id=re.sub(r"[^A-Za-z0-9_-]", "_", rid), resume="allow")
+            wdir = Path(os.environ.get("WANDB_DIR") or res_dir)  # under --out unless the user set WANDB_DIR
+            wdir.mkdir(parents=True, exist_ok=True)
             wr = wandb.init(project=os.environ.get("WANDB_PROJECT", "lit_caps"), job_type="attack",
-                            mode=ensure_wandb_mode(), config=config, reinit="finish_previous",
-                            group=os.environ.get("WANDB_RUN_GROUP") or f"{dataset}-{model}-{attack}")
+                            mode=ensure_wandb_mode(), config=config, reinit="finish_previous", dir=str(wdir),
+                            name=f"{dataset}/{run_name}/{res['name']}",
+                            group=os.environ.get("WANDB_RUN_GROUP") or f"{dataset}-{model}-{attack}", **kw)
             f = s.get("undetected_vs_fpr") or {}
             if f:
-                tab = wandb.Table(data=[[100 * a, 100 * b] for a, b in zip(f["fpr"], f["undetected_rate"])],
-                                  columns=["fpr_pct", "undetected_pct"])
+                wr.define_metric("fpr")
+                wr.define_metric("undetected_at_fpr", step_metric="fpr")
+                for a, b in zip(f["fpr"], f["undetected_rate"]):
+                    if b is not None:
+                        wr.log({"fpr": a, "undetected_at_fpr": b})
+                tab = wandb.Table(data=[[100 * a, 100 * b] for a, b in zip(f["fpr"], f["undetected_rate"])
+                                        if b is not None], columns=["fpr_pct", "undetected_pct"])
                 wr.log({"undetected_vs_fpr": wandb.plot.line(tab, "fpr_pct", "undetected_pct",
                                                              title="undetected rate vs FPR")})
             wr.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            wr.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             wr.finish()
         except Exception as e:  # noqa: BLE001: the result file is the record
             print(f"[lit-caps attack] W&B logging failed ({type(e).__name__}: {e}); result: {res['path']}", flush=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import torch
 # W&B never goes online from tests; set before wandb is imported anywhere.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The committed store (reports/results, reports/models) is never read or written by tests: an empty
+# one for the whole session (module-scoped fixtures run before the per-test one below).
+os.environ["LIT_CAPS_STORE"] = tempfile.mkdtemp(prefix="lit_caps_test_store_")
 # Tests check the shipped configs (and pin their hashes): a recipe set in the shell must not leak in.
 os.environ.pop("LIT_CAPS_RECIPE", None)
 
@@ -32,6 +36,17 @@ def data_root() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Generated data (MNIST-C) goes to a per-session temp cache, never the user's."""
     monkeypatch.setenv("LIT_CAPS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path, monkeypatch):
+    """Each test has its own, empty committed store (lit_caps.store), never the repository's reports/."""
+    from lit_caps import store
+
+    monkeypatch.setenv(store.ROOT_ENV, str(tmp_path / "store"))
+    store.forget_restored()
+    yield
+    store.forget_restored()
 
 
 @pytest.fixture(scope="session")

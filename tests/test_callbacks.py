@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,10 @@ def test_evaluate_cli_with_wandb_offline(smoke_run, tmp_path):
     files = sorted(p.name for p in (tmp_path / "mnist" / "cnn_cr").glob("*.json"))
     assert files == ["fgsm-untargeted-eps0.3-n20-s0.json", "r_fgsm-untargeted-beta0.5-eps0.3-n20-s0.json"]
     r = json.loads((tmp_path / "mnist" / "cnn_cr" / files[0]).read_text())
-    assert r["settings"]["checkpoint"] == summary["checkpoint"] and r["settings"]["attack_settings"]["step_size"] == 0.05
-    assert list((tmp_path / "mnist" / "cnn_cr" / "wandb").glob("offline-run-*"))
-    assert (tmp_path / "mnist" / "cnn_cr" / "figures" / "undetected_vs_fpr.png").is_file()
+    assert r["settings"]["attack_settings"]["step_size"] == 0.05
+    # paths in the file are relative to the store (a copied results folder still names its own checkpoint)
+    from lit_caps.evaluation import load_result
+    assert r["settings"]["checkpoint"] == Path(os.path.relpath(summary["checkpoint"], tmp_path)).as_posix()
+    assert load_result(tmp_path / "mnist" / "cnn_cr" / files[0])["settings"]["checkpoint"] == summary["checkpoint"]
+    (ev,) = (tmp_path / "mnist" / "cnn_cr" / "evaluate").iterdir()  # outputs keyed by run and settings
+    assert list((ev / "wandb").glob("offline-run-*")) and (ev / "figures" / "undetected_vs_fpr.png").is_file()

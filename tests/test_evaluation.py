@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -135,9 +137,16 @@ def test_result_file_fields_and_cache(tiny, dataset, reference):
     r = refs[False]
     path = result_path(out, "mnist", "tiny", "pgd-untargeted-eps0.3-n60-s0")
     assert path.is_file() and r["path"] == str(path) and r["status"] == "complete"
-    assert json.loads(path.read_text())["examples"] == r["examples"]
-    assert sorted(p.name for p in chunk_dir(out, "mnist", "tiny", path.stem).iterdir()) == \
+    raw = json.loads(path.read_text())
+    assert raw["examples"] == r["examples"] and raw["summary"] == r["summary"]
+    # the file records its path relative to the store (out_dir), and its checksum
+    assert raw["path"] == "mnist/tiny/pgd-untargeted-eps0.3-n60-s0.json" and raw["schema"] == 2
+    assert raw["sha256"] == r["sha256"] and len(raw["sha256"]) == 64
+    # one chunk folder per settings hash; the claims are gone once the chunks are done
+    assert [p.name for p in chunk_dir(out, "mnist", "tiny", path.stem).iterdir()] == [r["settings_hash"]]
+    assert sorted(p.name for p in chunk_dir(out, "mnist", "tiny", path.stem, r["settings_hash"]).iterdir()) == \
         ["chunk_00000.pt", "chunk_00001.pt", "chunk_00002.pt"]
+    assert r["run"]["chunk_workers"] == [f"{socket.gethostname()}:{os.getpid()}"] * 3
     s = r["settings"]
     for k, v in dict(dataset="mnist", model="tiny", attack="pgd", targeted=False, beta=None, eps=EPS, n=N, seed=0,
                      chunk_size=CHUNK, fpr=0.05, threshold=tiny[2], model_hash=model_hash(tiny[0])).items():
@@ -175,8 +184,8 @@ def test_resume_after_interruption_is_identical(tiny, dataset, reference, tmp_pa
     with pytest.raises(RuntimeError, match="simulated"):
         run(tiny, dataset, tmp_path, targeted=True)
     name = "pgd-targeted-eps0.3-n60-s0"
-    cdir = chunk_dir(tmp_path, "mnist", "tiny", name)
-    assert [p.name for p in cdir.iterdir()] == ["chunk_00000.pt"]  # complete or absent, no temp files
+    cdir = chunk_dir(tmp_path, "mnist", "tiny", name, ref["settings_hash"])
+    assert [p.name for p in cdir.iterdir()] == ["chunk_00000.pt"]  # complete or absent, no temp files or claims
     assert not result_path(tmp_path, "mnist", "tiny", name).exists()
     CALLS.update(n=0, fail_at=None)
     r = run(tiny, dataset, tmp_path, targeted=True)
@@ -230,8 +239,9 @@ def test_changed_settings_never_mix_chunks(tiny, dataset, reference, tmp_path):
     assert b["summary"]["undetected_rate"] <= ref["summary"]["undetected_rate"]
     # a chunk file from other settings planted under the current name is rejected, not mixed in
     name = "pgd-untargeted-eps0.3-n60-s0"
-    cdir = chunk_dir(out, "mnist", "tiny", name)
-    shutil.copy(chunk_dir(reference[1], "mnist", "tiny", name) / "chunk_00001.pt", cdir / "chunk_00001.pt")
+    cdir = chunk_dir(out, "mnist", "tiny", name, b["settings_hash"])
+    shutil.copy(chunk_dir(reference[1], "mnist", "tiny", name, ref["settings_hash"]) / "chunk_00001.pt",
+                cdir / "chunk_00001.pt")
     result_path(out, "mnist", "tiny", name).unlink()
     CALLS["n"] = 0
     same_outcomes(run(tiny, dataset, out, threshold=thr_b), fresh)
@@ -262,7 +272,7 @@ def test_with_the_attacks_package(tiny, dataset, tmp_path):
     assert r["settings"]["attack_settings"] == {"eps": EPS, "step_size": 0.1, "steps": 3}
     assert max(r["examples"]["linf"]) <= EPS + 1e-5
     result_path(tmp_path, "mnist", "tiny", r["name"]).unlink()
-    (chunk_dir(tmp_path, "mnist", "tiny", r["name"]) / "chunk_00001.pt").unlink()
+    (chunk_dir(tmp_path, "mnist", "tiny", r["name"], r["settings_hash"]) / "chunk_00001.pt").unlink()
     same_outcomes(run(tiny, dataset, tmp_path, settings={"steps": 3, "step_size": 0.1}, **kw), r)
     # targeted R-PGD with beta: best-iterate >= last-iterate undetected
     rr = run(tiny, dataset, tmp_path, targeted=True, attack="r_pgd", beta=0.5, settings={"steps": 3}, **kw)
@@ -318,8 +328,11 @@ def test_black_box_transfer(tiny, tiny_other, dataset, tmp_path):
     assert same["settings_hash"] != wb["settings_hash"] and Path(same["path"]).is_file()
     assert same["examples"] == wb["examples"] and same["summary"] == wb["summary"]
     s = same["settings"]
+    # a checkpoint path is recorded relative to the store and read back resolved from where the file is
     assert (s["source_model_hash"], s["source_threshold"], s["source_checkpoint"], s["source_model"]) == \
-        (model_hash(model), thr, "a/last.ckpt", "cnn_cr")
+        (model_hash(model), thr, os.path.abspath("a/last.ckpt"), "cnn_cr")
+    assert json.loads(Path(same["path"]).read_text())["settings"]["source_checkpoint"] == \
+        Path(os.path.relpath(os.path.abspath("a/last.ckpt"), tmp_path)).as_posix()
     assert "source_model_hash" not in wb["settings"]  # white-box identities unchanged
     # another source (same architecture, other seed): other adversarial examples, same clean side
     src, _, src_thr = tiny_other
@@ -345,6 +358,111 @@ def test_black_box_transfer(tiny, tiny_other, dataset, tmp_path):
     assert nothr["settings_hash"] != bb["settings_hash"] and nothr["name"] == bb["name"]
     assert nothr["examples"]["best_undetected"] == nothr["examples"]["undetected"]  # no best-iterate tracking
     assert nothr["examples"]["adv_dist"] == bb["examples"]["adv_dist"]  # the threshold changes only the bookkeeping
+
+
+# -- integrity: checksums, damaged files, files from before checksums -------------------------------
+def _copy_ref(reference, tmp_path) -> tuple[Path, Path, Path]:
+    """A copy of the reference results folder: (out, untargeted result file, its chunk folder)."""
+    out = tmp_path / "res"
+    shutil.copytree(reference[1], out)
+    r = reference[0][False]
+    cdir = chunk_dir(out, "mnist", "tiny", r["name"], r["settings_hash"])
+    return out, result_path(out, "mnist", "tiny", r["name"]), cdir
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "checksum mismatch"])
+def test_damaged_chunk_is_moved_aside_and_recomputed(tiny, dataset, reference, tmp_path, capfd, damage):
+    out, path, cdir = _copy_ref(reference, tmp_path)
+    ref = reference[0][False]
+    path.unlink()
+    chunk = cdir / "chunk_00001.pt"
+    data = chunk.read_bytes()
+    if damage == "truncated":
+        chunk.write_bytes(data[: len(data) // 2])
+    elif damage == "random bytes":
+        chunk.write_bytes(os.urandom(len(data)))
+    else:  # a valid file whose numbers were changed: only the checksum tells
+        blob = torch.load(chunk, weights_only=True)
+        blob["records"]["adv_dist"][0] += 1.0
+        torch.save(blob, chunk)
+    r = run(tiny, dataset, out)
+    assert CALLS["n"] == 1  # only that chunk
+    same_outcomes(r, ref)
+    err = capfd.readouterr().err
+    note = [ln for ln in err.splitlines() if "damaged file" in ln]
+    assert len(note) == 1 and str(chunk) in note[0] and "moved to chunk_00001.pt.damaged-" in note[0]
+    (aside,) = cdir.glob("chunk_00001.pt.damaged-*")
+    assert aside.read_bytes() != chunk.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "checksum mismatch", "legacy, summary mismatch"])
+def test_damaged_result_is_moved_aside_and_reassembled(tiny, dataset, reference, tmp_path, capfd, damage):
+    """A damaged result file is rebuilt from its chunks (no attack runs) into the same bytes."""
+    out, path, _ = _copy_ref(reference, tmp_path)
+    ref = reference[0][False]
+    original = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(original[: len(original) // 3])
+    else:  # valid JSON with a wrong number: one the checksum alone catches; one a legacy file's recount catches
+        raw = json.loads(original)
+        if damage.startswith("legacy"):
+            raw["summary"]["success_rate"] = 0.123
+            del raw["sha256"]
+            raw["schema"] = 1
+        else:
+            raw["examples"]["adv_dist"][0] += 1.0
+        path.write_text(json.dumps(raw))
+    r = run(tiny, dataset, out)
+    assert CALLS["n"] == 0
+    same_outcomes(r, ref)
+    assert path.read_bytes() == original  # assembled twice (here and in the reference): the same file
+    err = capfd.readouterr().err
+    assert sum("damaged file" in ln and str(path) in ln for ln in err.splitlines()) == 1
+    assert len(list(path.parent.glob(path.name + ".damaged-*"))) == 1
+
+
+def test_result_without_checksum_from_older_code_is_read(tiny, dataset, reference, tmp_path):
+    """Schema-1 files (no checksum, absolute paths, as behind the committed reports) are used as
+    they are when their summary recounts from their examples; nothing is recomputed or rewritten."""
+    from lit_caps.evaluation import load_result
+
+    out, path, _ = _copy_ref(reference, tmp_path)
+    ref = reference[0][False]
+    raw = json.loads(path.read_text())
+    del raw["sha256"]
+    raw.update(schema=1, path="/somewhere/else/mnist/tiny/x.json")
+    raw["settings"]["checkpoint"] = "/old/runs/mnist/x/checkpoints/last.ckpt"
+    path.write_text(json.dumps(raw, indent=1))
+    mtime = path.stat().st_mtime_ns
+    r = run(tiny, dataset, out)
+    assert CALLS["n"] == 0 and path.stat().st_mtime_ns == mtime
+    same_outcomes(r, ref)
+    assert r["path"] == str(path)  # where it was found, not what it says
+    assert r["settings"]["checkpoint"] == "/old/runs/mnist/x/checkpoints/last.ckpt"
+    assert load_result(path)["summary"] == ref["summary"]
+
+
+def test_copied_results_folder_reports_its_own_paths(tiny, dataset, reference, tmp_path):
+    """Paths in a result file are relative to the store: a copied folder (README: copy results/
+    folders together) gives its own paths, the checkpoint resolved beside it."""
+    from lit_caps.evaluation import load_result
+
+    src = tmp_path / "a" / "results"
+    r = run(tiny, dataset, src, n=20, checkpoint=str(tmp_path / "a" / "runs" / "m" / "checkpoints" / "last.ckpt"))
+    raw = json.loads(Path(r["path"]).read_text())
+    assert raw["path"] == "mnist/tiny/pgd-untargeted-eps0.3-n20-s0.json"
+    assert raw["settings"]["checkpoint"] == "../runs/m/checkpoints/last.ckpt"
+    assert r["settings"]["checkpoint"] == str(tmp_path / "a" / "runs" / "m" / "checkpoints" / "last.ckpt")
+    dst = tmp_path / "b" / "deeper" / "results"
+    shutil.copytree(src, dst)
+    shutil.rmtree(tmp_path / "a")
+    moved = load_result(result_path(dst, "mnist", "tiny", r["name"]))
+    assert moved["path"] == str(result_path(dst, "mnist", "tiny", r["name"]))
+    assert moved["settings"]["checkpoint"] == str(tmp_path / "b" / "deeper" / "runs" / "m" / "checkpoints" /
+                                                  "last.ckpt")
+    CALLS["n"] = 0
+    again = run(tiny, dataset, dst, n=20, checkpoint="elsewhere.ckpt")  # cached: the checkpoint path is not hashed
+    assert CALLS["n"] == 0 and again == moved
 
 
 def test_only_cached_reports_pending(tiny, dataset, tmp_path):

@@ -1,11 +1,8 @@
-"""Training: fast_dev_run of each model, checkpoints with the detection threshold, reuse, resume."""
+"""Training: fast_dev_run of each model, checkpoints with the detection threshold, reuse, resume
+(kill -9 and resume, the run lock, damaged checkpoints: tests/test_resume.py)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -91,46 +88,6 @@ def test_wandb_mode_defaults(monkeypatch, tmp_path):
     assert wandb_mode() == "disabled"
 
 
-def _ckpt_step(path: Path) -> int:
-    return torch.load(path, weights_only=False, map_location="cpu")["global_step"]
-
-
-def test_resume_after_kill_9(data_root, tmp_path):
-    """kill -9 mid-epoch, rerun the same command: it continues from the last checkpoint."""
-    overrides = ["logger.wandb=false", "progress_bar=false", f"data.root={data_root}", "train.max_epochs=2",
-                 "train.limit_train_batches=60", "train.checkpoint_every_n_steps=10"]
-    cmd = [sys.executable, "-m", "lit_caps.cli", "fit", "--model", "cnn_cr", "--data", "mnist", "--train", "smoke",
-           "--runs", str(tmp_path)] + overrides
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cfg = compose("cnn_cr", "mnist", train="smoke", overrides=overrides)
-    last = run_dir_for(cfg, tmp_path) / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file():
-            try:
-                step = _ckpt_step(last)
-            except Exception:  # being written
-                step = -1
-            if step >= 70:  # in the second epoch
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                killed_at = step
-                break
-        time.sleep(0.2)
-    assert killed_at is not None, "the run finished or stalled before it could be killed mid-epoch"
-    assert not (run_dir_for(cfg, tmp_path) / "summary.json").exists()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "resuming" in out.stdout
-    assert "Restored all states from the checkpoint" in out.stdout + out.stderr  # Lightning's own message
-    s = json.loads((run_dir_for(cfg, tmp_path) / "summary.json").read_text())
-    assert s["complete"] and s["epochs"] == 2 and s["global_step"] == 120
-    metrics = (run_dir_for(cfg, tmp_path) / "csv" / "metrics.csv").read_text().splitlines()
-    assert len(metrics) > 1
-
-
 def test_capsule_lr_scale_param_groups():
     """train.capsule_lr_scale: the routed capsule weights get lr x k; k = 1 keeps one group (old checkpoints)."""
     from lit_caps.config import load_group
@@ -195,7 +152,7 @@ def test_weight_average_update():
     before = p_ema.detach().clone()
     with torch.no_grad():
         p.add_(1.0)
-    m.on_train_batch_end(None, None, 0)
+    m.update_average()
     d = min(0.99, 2 / 11)
     assert torch.allclose(p_ema, d * before + (1 - d) * p.detach(), atol=1e-6)
     assert int(m.ema_updates) == 1 and not p_ema.requires_grad

@@ -84,7 +84,7 @@ def test_table3_rerun_reuses_and_resumes(table):
     gone.unlink()
     other = files[1]
     other.unlink()
-    chunk = sorted((other.parent / ".chunks" / other.stem).glob("chunk_*.pt"))[0]
+    chunk = sorted((other.parent / ".chunks" / other.stem).glob("*/chunk_*.pt"))[0]
     chunk.unlink()
     # meanwhile the report marks the searches with a lost beta partial, naming it, never complete
     part = _worst(wc.table3(("mnist",), "smoke", only_report=True, **kw))

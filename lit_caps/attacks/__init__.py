@@ -31,6 +31,7 @@ from .cw import CW
 from .fgsm import FGSM
 from .pgd import PGD
 from .reconstructive import RBIM, RFGSM, RPGD
+from ..validate import check_attack_args  # argument checks without torch (re-exported)
 
 #: name -> attack class
 ATTACKS: dict[str, type[Attack]] = {
@@ -91,4 +92,4 @@ def build_attack(name: str, model, **settings) -> Attack:
 
 __all__ = ["ATTACKS", "PAPER_NAMES", "PRESETS", "EPSILON", "ITERATIONS", "preset", "build_attack", "Attack",
            "AttackResult", "LinfIterativeAttack", "BestIterateTracker", "FGSM", "BIM", "PGD", "CW", "RFGSM", "RBIM",
-           "RPGD", "success_mask", "random_targets", "project_linf", "attack_context"]
+           "RPGD", "success_mask", "random_targets", "project_linf", "attack_context", "check_attack_args"]

@@ -37,10 +37,13 @@ class GroupedCNN(ReconstructionClassifier):
         cnn_dropout: float = 0.0,
         mean=None,
         std=None,
-        **_capsule_only,
+        routing_iterations: int = 3,
+        init_gain: float = 1.0,
     ):
-        """Takes the CapsNet config keys so one config describes all three models; routing-only
-        keys (routing_iterations, init_gain, decoder_input) are ignored.
+        """Takes the shared arch config keys so one config describes all three models; the
+        routing-only keys of the shipped configs (routing_iterations, init_gain) are ignored. Any
+        other key is refused (TypeError), as is a CapsNet-only key no shipped config sets
+        (bias_init, decoder_input): a CNN never silently ignores a setting it was given.
 
         cnn_dropout: dropout probability on the output of every hidden FC layer (the input of the
             next FC layer, up to the pose layer). Training only: ``model.eval()`` (used by
