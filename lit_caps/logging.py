@@ -1,10 +1,11 @@
 """Loggers: CSV always (readable offline), W&B offline unless the user has an API key.
 
-The CSV log (``<run>/csv/metrics.csv``) is append-only across resumes (:class:`AppendingCSVLogger`;
-Lightning's CSVLogger deletes the file when a run resumes): the rows of every earlier part stay, and
-a row is written once per (step, set of metrics) - the steps a resumed run redoes after its last
-checkpoint log rows that are already there, and those are not written again (the first-written
-row is kept; on a CPU the redone step reproduces it bit for bit).
+The CSV log of a training run (``<run>/csv/metrics.csv``) is append-only across resumes
+(:class:`AppendingCSVLogger`; Lightning's CSVLogger deletes the file when a run resumes): the rows of
+every earlier part stay, and a row is written once per (step, set of metrics) - the steps a resumed
+run redoes after its last checkpoint log rows that are already there, and those are not written
+again (the first-written row is kept; on a CPU the redone step reproduces it bit for bit). Other
+jobs (``lit-caps evaluate``) keep Lightning's CSVLogger.
 
 wandb without a key and without WANDB_MODE raises "No API key configured", and
 ``WandbLogger(offline=True)`` fails once wandb was set up earlier in the same process, so the mode
@@ -161,7 +162,12 @@ def make_loggers(cfg: dict, run_dir: Path, job_type: str = "fit") -> list:
     lcfg = cfg.get("logger", {})
     loggers = []
     if lcfg.get("csv", True):
-        loggers.append(AppendingCSVLogger(str(run_dir), name="", version="csv"))
+        if job_type == "fit":  # a training run's log is continued across resumes (AppendingCSVLogger)
+            loggers.append(AppendingCSVLogger(str(run_dir), name="", version="csv"))
+        else:
+            from lightning.pytorch.loggers import CSVLogger
+
+            loggers.append(CSVLogger(str(run_dir), name="", version="csv"))
     if lcfg.get("wandb", True):
         from lightning.pytorch.loggers import WandbLogger
 

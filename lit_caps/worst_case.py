@@ -537,7 +537,8 @@ def _report(name, stem, scale, sc, datasets, models, attacks, runs, unavailable,
                       f"{ex._dur(s.get('train_wall_s') or 0)} | {run.threshold:.4f} ({run.fpr:g}) | "
                       f"{s.get('config_hash')} | {run.model_hash} |")
     footer = ex._footer(beta_rows, device)  # ["", attack wall time and devices, date]
-    md += ["", f"{footer[1]} This invocation took {ex._dur(elapsed)}.", footer[2]]
+    # this invocation's time belongs to the generation line: the only line a rewrite may change
+    md += ["", footer[1], footer[2][:-1] + f" (this invocation took {ex._dur(elapsed)})."]
     df = pd.DataFrame(rows + beta_rows)
     out = Path(report_dir)
     write_atomic(out / f"{stem}.csv", df.to_csv(index=False))
