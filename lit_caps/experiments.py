@@ -184,8 +184,8 @@ def find_run(runs_root: str | os.PathLike, dataset: str, model: str, seed: int =
 
 
 def _in_store(summary_path: Path) -> bool:
-    return store.is_model_card(summary_path.parent / store.MODEL_FILE) and \
-        (summary_path.parent / store.MODEL_FILE).is_file() and not (summary_path.parent / "checkpoints").is_dir()
+    """A committed model card (its model.pt, no Lightning checkpoints) rather than a run folder."""
+    return (summary_path.parent / store.MODEL_FILE).is_file() and not (summary_path.parent / "checkpoints").is_dir()
 
 
 def located(summary_path: Path, s: dict) -> dict:
