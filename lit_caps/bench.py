@@ -11,6 +11,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .attacks import build_attack
+from .config import load_group
+from .evaluation import compiled_forward
+from .io import write_text_atomic
+from .models import build_model, count_parameters, margin_loss
+
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
@@ -32,9 +38,6 @@ def _timeit(fn, steps: int, device: str, warmup: int = 2) -> float:
 
 
 def bench_model(name: str, arch_name: str, device: str = "cpu", batch_size: int = 128, steps: int = 5) -> dict:
-    from .config import load_group
-    from .models import build_model, count_parameters, margin_loss
-
     arch = load_group("arch", arch_name)
     torch.manual_seed(0)
     model = build_model(name, **arch).to(device)
@@ -108,11 +111,6 @@ def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batc
     """Image-iterations/s of our PGD and R-PGD and torchattacks' PGD on the same model and batch
     (``steps`` iterations per call, median of ``repeats`` calls; no random start); with ``compile``
     also our PGD and R-PGD through ``torch.compile``d forwards (compilation in the warm-up, not timed)."""
-    from .attacks import build_attack
-    from .config import load_group
-    from .evaluation import compiled_forward
-    from .models import build_model
-
     arch = load_group("arch", arch_name)
     torch.manual_seed(0)
     model = build_model(name, **arch).to(device).eval()
@@ -216,8 +214,6 @@ def main(args) -> int:
     if args.out:
         from pathlib import Path
 
-        from .reports import write_atomic
-
-        write_atomic(Path(args.out), "\n".join(out) + "\n")
+        write_text_atomic(Path(args.out), "\n".join(out) + "\n")
         print(f"\nwritten to {args.out}")
     return 0

@@ -3,7 +3,7 @@
     lit-caps fit --model capsnet --data mnist [--arch mnist] [--train default] [--seed 0] [key.sub=value ...]
     lit-caps bench [--models ...] [--archs ...]
     lit-caps report clean-error [--runs runs] [--out reports]
-    lit-caps reproduce table1|rpgd-beta|table3|table6|table7 --data mnist [fashion_mnist ...] --scale quick
+    lit-caps reproduce NAME --data mnist [fashion_mnist ...] --scale quick   (NAME: lit_caps.experiments.REGISTRY)
                        [--only-report] [--runs runs] [--out results] [--reports reports]
     lit-caps attack --data mnist --model capsnet --attack r_pgd --targeted true --beta 0.45 --scale quick
     lit-caps sweep local|expand|collect sweeps/<file>.yaml   (W&B sweep YAML without a W&B server)
@@ -17,10 +17,14 @@ damaged file, a folder that cannot be written, a busy run) is printed as one lin
 from __future__ import annotations
 
 import argparse
-import difflib
-import errno
 import os
 import sys
+
+from .errors import InvalidArgumentError, user_error_message
+from .experiments import REGISTRY, Context
+from .store_commands import add_parser as add_store_parser
+from .sweep_commands import ATTACK_DESCRIPTION, add_attack_args, check_attack_cell, check_sweep
+from .sweep_commands import add_parser as add_sweep_parser
 
 PROG = "lit-caps"
 
@@ -50,42 +54,12 @@ def _check_fit(args) -> dict:
 
 def cmd_fit(args) -> int:
     cfg = _check_fit(args)  # before fit() writes config.yaml, opens a W&B run or builds the model
-    from .train import fit
+    from .training.fit import fit
 
     summary = fit(cfg, runs_root=args.runs, run_dir=args.run_dir)
     print(f"[lit-caps] {summary['dataset']}/{summary['model']}: test error {summary['test_error'] * 100:.2f}% "
           f"after {summary['epochs']} epochs, threshold {summary['threshold']:.4f} ({summary['run_dir']})")
     return 0
-
-
-def load_run(ckpt: str, overrides: list[str] | None = None):
-    """(config, datamodule, module) of a finished run from its checkpoint (config.yaml beside checkpoints/)."""
-    from pathlib import Path
-
-    import yaml
-
-    from .config import parse_overrides, set_dotted
-    from .data import CapsDataModule
-    from .module import LitReconstructionClassifier
-
-    ckpt_path = Path(ckpt)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt_path}; train one with `lit-caps fit` first")
-    cfg_path = ckpt_path.parent.parent / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: --ckpt must point into a run folder made by `lit-caps fit`")
-    cfg = yaml.safe_load(cfg_path.read_text())
-    for k, v in parse_overrides(overrides or []):
-        set_dotted(cfg, k, v)
-    # read back with weights_only=True first: a damaged file is one line (DamagedFileError) naming the
-    # command that trains the run again, never a traceback from deep inside torch
-    from .io import load_checkpoint
-    from .train import recover_hint
-
-    run = ckpt_path.parent.parent
-    load_checkpoint(ckpt_path, recover_hint=recover_hint(run, ckpt_path) + ", then rerun this command")
-    module = LitReconstructionClassifier.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True)
-    return cfg, CapsDataModule(**cfg["data"]), module
 
 
 def _check_evaluate(args) -> None:
@@ -113,8 +87,6 @@ def _check_evaluate(args) -> None:
 
 
 def _invalid(msg: str):
-    from .errors import InvalidArgumentError
-
     return InvalidArgumentError(msg)
 
 
@@ -126,9 +98,10 @@ def cmd_evaluate(args) -> int:
 
     import lightning as L
 
-    from .callbacks import AttackEvaluation, expand_attack_specs
     from .evaluation import ensure_writable, model_hash
-    from .logging import make_loggers
+    from .evaluation.callback import AttackEvaluation, expand_attack_specs
+    from .runs import load_run
+    from .training.loggers import make_loggers
 
     cfg, dm, module = load_run(args.ckpt, args.overrides)
     common = {k: v for k, v in (("eps", args.eps), ("steps", args.steps), ("step_size", args.step_size)) if v is not None}
@@ -170,33 +143,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import reports
+    from .experiments.table4 import clean_error_report
 
     if args.what == "clean-error":
-        reports.clean_error_report(args.runs, args.out)
+        clean_error_report(args.runs, args.out)
     return 0
-
-
-def _bool(v) -> bool:
-    """true/false as W&B sweeps pass them (``--targeted=True``) and as people type them."""
-    if isinstance(v, bool):
-        return v
-    t = str(v).strip().lower()
-    if t in ("1", "true", "yes", "y", "t"):
-        return True
-    if t in ("0", "false", "no", "n", "f"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
-
-
-#: datasets each `reproduce` target reads when --data is not given (None: --data or its own default)
-_REPRODUCE_DATA = {"table2": ("mnist",), "fig3": ("cifar10",), "fig4": ("fashion_mnist",),
-                   "galleries": ("mnist", "fashion_mnist")}
 
 
 def _check_reproduce(args) -> None:
     from .validate import check_attack_args, check_choice, check_data, check_model, check_positive_int, check_writable
 
+    exp = REGISTRY[args.what]
     for d in args.data or ():
         check_attack_args(dataset=d)
     for m in args.models:
@@ -209,96 +166,48 @@ def _check_reproduce(args) -> None:
         check_choice("device", str(args.device).split(":")[0], ("cpu", "cuda", "mps"))
     for flag, path in (("--out", args.out), ("--reports", args.reports)):
         check_writable(path, flag)
-    if not args.no_train and not args.only_report and args.what not in ("table2",):
+    if not args.no_train and not args.only_report and args.what != "table2":
         check_writable(args.runs, "--runs")
-    if args.only_report or args.what in ("table3", "table6"):
+    if args.only_report or not exp.checks_data:
         return  # table3/table6 write a report that names a missing dataset as not available
-    datasets = (list(args.data or ()) if args.what not in ("table2", "fig3") else []) or _REPRODUCE_DATA.get(
-        args.what, ("mnist",))
-    for d in datasets:
-        check_data(d, args.data_root, cifar10_split_test=args.what == "fig3" and args.scale != "paper")
+    sc = _context(args).section(exp.section)
+    split_test = "data.cifar10_split_test=true" in (sc.get("overrides") or ())
+    for d in (exp.datasets if exp.fixed_data else (args.data or exp.datasets)):
+        check_data(d, args.data_root, cifar10_split_test=split_test)
+
+
+def _context(args) -> Context:
+    return Context(scale=args.scale, runs_root=args.runs, out_dir=args.out, report_dir=args.reports,
+                   models=tuple(args.models), seed=args.seed, attack_seed=args.attack_seed,
+                   only_report=args.only_report, train=not args.no_train, device=args.device,
+                   data_root=args.data_root, progress=args.progress, wandb=not args.no_wandb,
+                   datasets=tuple(args.data) if args.data else None,
+                   betas=tuple(args.betas) if args.betas else None, refine=args.refine,
+                   targeted={"both": (True, False), "true": (True,), "false": (False,)}[args.targeted],
+                   source_seed=args.source_seed)
 
 
 def cmd_reproduce(args) -> int:
     _check_reproduce(args)
-    rc = _reproduce(args)
+    import torch
+
     from . import store
 
-    if rc == 0 and store.is_store_reports(args.reports):  # the committed reports: their results join the store
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    REGISTRY[args.what](_context(args))
+    if store.is_store_reports(args.reports):  # the committed reports: their results join the store
         written = store.save_results(args.out)
         if written:
             print(f"[lit-caps] {len(written)} result file(s) added to the committed store {store.results_root()} "
                   f"(commit them with the reports)", flush=True)
-    return rc
-
-
-def _reproduce(args) -> int:
-    import torch
-
-    from . import experiments, worst_case
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    kw = dict(runs_root=args.runs, out_dir=args.out, report_dir=args.reports, models=tuple(args.models),
-              seed=args.seed, only_report=args.only_report, attack_seed=args.attack_seed, device=args.device,
-              data_root=args.data_root, progress=args.progress)
-    if args.what in ("table3", "table6"):
-        datasets = tuple(args.data or worst_case.TABLE3_DATASETS)
-        fn = worst_case.table3 if args.what == "table3" else worst_case.table6
-        fn(datasets, args.scale, train=not args.no_train, refine=args.refine, betas=args.betas,
-           wandb_log=not args.no_wandb, **kw)
-        return 0
-    if args.what == "table2":
-        from .table2 import table2
-
-        table2(args.scale, runs_root=args.runs, report_dir=args.reports, models=tuple(args.models), seed=args.seed,
-               data_root=args.data_root, train=not args.no_train, wandb_log=not args.no_wandb, out_dir=args.out)
-        return 0
-    if args.what == "fig3":
-        from .fig3 import fig3
-
-        fig3(args.scale, runs_root=args.runs, out_dir=args.out, report_dir=args.reports, seed=args.seed,
-             source_seed=args.source_seed, data_root=args.data_root, train=not args.no_train, device=args.device,
-             progress=args.progress, wandb_log=not args.no_wandb)
-        return 0
-    if args.what in ("fig4", "galleries"):
-        from . import diagnosis
-
-        fn = diagnosis.class_pairs if args.what == "fig4" else diagnosis.galleries
-        for d in args.data or (["fashion_mnist"] if args.what == "fig4" else ["mnist", "fashion_mnist"]):
-            fn(d, args.scale, runs_root=args.runs, out_dir=args.out, report_dir=args.reports,
-               models=tuple(args.models), seed=args.seed, data_root=args.data_root, train=not args.no_train,
-               wandb_log=not args.no_wandb)
-        return 0
-    if args.what == "fig1":
-        from .fig1 import fig1
-
-        kw.pop("only_report")
-        for d in args.data or ["mnist"]:
-            fig1(d, args.scale, train=not args.no_train, wandb_log=not args.no_wandb, **kw)
-        return 0
-    if args.what == "rpgd-beta":
-        kw.update(betas=args.betas,
-                  targeted={"both": (True, False), "true": (True,), "false": (False,)}[args.targeted])
-    elif args.what == "table7":
-        kw.update(betas=args.betas, source_seed=args.source_seed)
-    for d in args.data or ["mnist"]:
-        experiments.TABLES[args.what](d, args.scale, **kw)
     return 0
-
-
-def _check_attack_cell(data, model, attack, beta) -> None:
-    """One `lit-caps attack` cell's names and beta (also every run of an attack sweep)."""
-    from .validate import check_attack_args, check_model
-
-    check_attack_args(attack, dataset=data, beta=beta)
-    check_model(model)
 
 
 def _check_attack(args) -> None:
     from .validate import check_choice, check_data, check_positive_int, check_writable
 
-    _check_attack_cell(args.data, args.model, args.attack, args.beta)
+    check_attack_cell(args.data, args.model, args.attack, args.beta)
     check_positive_int("--threads", args.threads)
     if args.device is not None:
         check_choice("device", str(args.device).split(":")[0], ("cpu", "cuda", "mps"))
@@ -312,11 +221,11 @@ def cmd_attack(args) -> int:
     _check_attack(args)
     import torch
 
-    from . import worst_case
+    from .experiments.attack_cell import run_cell
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = worst_case.run_cell(args.data, args.model, args.attack, args.targeted, args.beta, args.scale,
+    s = run_cell(args.data, args.model, args.attack, args.targeted, args.beta, args.scale,
                             seed=args.seed, attack_seed=args.attack_seed, runs_root=args.runs, out_dir=args.out,
                             train=args.train, device=args.device, data_root=args.data_root,
                             progress=not args.no_progress, wandb_log=not args.no_wandb)
@@ -375,14 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("reproduce", help="an attack table (resumable), its report beside the paper's numbers",
-                       description="table1: white-box FGSM/BIM/PGD/CW (paper Table 1/5); rpgd-beta: R-PGD over beta "
-                                   "(Fig. 9, Table 3/6, Fig. 2); table7: black-box PGD/R-PGD (Table 7). Scales: smoke "
-                                   "(seconds), quick (a 2-core CPU, about an hour per table), paper (Appendix C).")
-    p.add_argument("what", choices=["table1", "table2", "rpgd-beta", "table3", "table6", "table7", "fig1", "fig3",
-                                     "fig4", "galleries"])
+    p = sub.add_parser("reproduce", help="a paper table or figure (resumable), its report beside the paper's numbers",
+                       description="\n".join(f"{n:10s} {e.help} (make {e.make_target})" for n, e in REGISTRY.items())
+                       + "\nScales (lit_caps/configs/scales/): smoke (seconds), quick (a 2-core CPU), paper "
+                         "(Appendix C).", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=list(REGISTRY), metavar="NAME", help=", ".join(REGISTRY))
     p.add_argument("--data", nargs="+", default=None,
-                   help="dataset(s) (default: table3/table6 mnist fashion_mnist svhn, the others mnist)")
+                   help="dataset(s) (default: the experiment's; table2 and fig3 have their own)")
     p.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
     p.add_argument("--only-report", action="store_true",
                    help="compute nothing: write the report from the result files that exist (others: pending)")
@@ -402,139 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="a progress bar over each attack's chunks")
     p.add_argument("--refine", type=int, default=None, help="table3/table6: refinement levels around the worst "
                    "beta (default: the scale's)")
-    p.add_argument("--no-train", action="store_true", help="table3/table6: never train; missing models are pending")
-    p.add_argument("--no-wandb", action="store_true", help="table3/table6: no W&B run for the report")
+    p.add_argument("--no-train", action="store_true", help="never train; missing models are pending (or an error)")
+    p.add_argument("--no-wandb", action="store_true", help="no W&B run for the report")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("attack", help="one attack cell at a scale's settings (what W&B sweep agents run)",
                        description=ATTACK_DESCRIPTION)
-    _add_attack_args(p)
+    add_attack_args(p)
     p.set_defaults(func=cmd_attack)
 
-    from .sweeps import add_parser as add_sweep_parser
-
     add_sweep_parser(sub)
-    from .store_commands import add_parser as add_store_parser
-
     add_store_parser(sub)
     return ap
-
-
-ATTACK_DESCRIPTION = ("Attack one trained model at the settings of --scale (R-attacks: Table 3's, others: Table 1's); "
-                      "writes the result file the tables read, logs success_rate/undetected_rate to W&B (offline "
-                      "without a key), and to $LIT_CAPS_SWEEP_METRICS when set. Accepts W&B's --key=value form.")
-
-
-def _add_attack_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="mnist")
-    p.add_argument("--model", default="capsnet")
-    p.add_argument("--attack", default="r_pgd", help="fgsm bim pgd cw r_fgsm r_bim r_pgd")
-    p.add_argument("--targeted", type=_bool, default=True)
-    p.add_argument("--beta", type=float, default=None, help="R-attacks' beta (default: the preset's 0.5)")
-    p.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
-    p.add_argument("--seed", type=int, default=0, help="seed of the trained model")
-    p.add_argument("--attack-seed", type=int, default=0, help="seed of the test subset and the targets")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--out", default="results")
-    p.add_argument("--train", type=_bool, default=False, help="train the model if missing (default: error)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-wandb", action="store_true")
-
-
-def _check_sweep(args) -> None:
-    """A sweep file loads and expands; when its command is `lit-caps attack`, every run's parameters
-    are options of it with valid values (a bad beta fails now, not in each of its runs)."""
-    from pathlib import Path
-
-    from . import sweeps
-
-    if args.sweep_cmd == "collect":
-        if not Path(args.state_dir).is_dir():
-            raise _invalid(f"no sweep state folder at {args.state_dir} (`lit-caps sweep local` makes "
-                           f"results/sweeps/<sweep name>/)")
-        return
-    path = Path(args.sweep)
-    if not path.is_file():
-        raise _invalid(f"no sweep file {args.sweep}")
-    if args.count is not None and args.count < 1:
-        raise _invalid(f"--count {args.count}: must be a positive number of runs")
-    sweep = sweeps.load_sweep(path)
-    runs = sweeps.expand(sweep, args.count, args.seed)
-    command = [str(c) for c in sweep.get("command") or sweeps.DEFAULT_COMMAND]
-    program = str(sweep.get("program") or "")
-    head = command[:command.index("attack")] if "attack" in command else []
-    if not any(c.endswith(PROG) or "lit_caps" in c or (c == "${program}" and ("lit_caps" in program or
-                                                                                program.endswith(PROG)))
-               for c in head):
-        return
-    probe = argparse.ArgumentParser(add_help=False)
-    _add_attack_args(probe)
-    options = {o[2:] for a in probe._actions for o in a.option_strings if o.startswith("--")}
-    defaults = vars(probe.parse_args([]))
-    for params in runs:
-        for k in params:
-            if k not in options:
-                best = difflib.get_close_matches(k, sorted(options), n=1, cutoff=0.6)
-                raise _invalid(f"{path}: parameter {k!r} is not an option of `lit-caps attack`"
-                               + (f"; did you mean {best[0]!r}?" if best else f"; options: {', '.join(sorted(options))}"))
-        p = {**defaults, **{k.replace("-", "_"): v for k, v in params.items()}}
-        beta = p.get("beta")
-        if isinstance(beta, str):
-            try:
-                beta = float(beta)
-            except ValueError:
-                raise _invalid(f"{path}: beta={beta!r}: must be a number in [0, 1]") from None
-        try:
-            _check_attack_cell(p["data"], p["model"], p["attack"], beta)
-        except Exception as e:
-            from .errors import UserError
-
-            if isinstance(e, UserError):
-                raise type(e)(f"{path}: {e}") from None
-            raise
-
-
-def _one_line(msg: str) -> str:
-    """A multi-line message (data.py's, experiments.py's) joined into one line."""
-    out = ""
-    for part in (" ".join(line.split()) for line in str(msg).splitlines()):
-        if not part:
-            continue
-        if not out:
-            out = part
-        elif out.endswith((":", ".", ";")) or part.startswith("("):
-            out += " " + part
-        else:
-            out += "; " + part
-    return out
-
-
-#: OS errors that a user fixes (a folder without write permission, a read-only or full disk)
-_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
-
-
-def _user_error_message(e: BaseException, cmd: str | None) -> str | None:
-    """The one-line message of a user error, None for anything else (a bug: it keeps its traceback)."""
-    from .errors import UserError
-
-    kinds: list[type] = [UserError]
-    for mod, name in (("lit_caps.data", "DataNotFoundError"), ("lit_caps.experiments", "RunNotFoundError")):
-        m = sys.modules.get(mod)  # not imported: not what was raised
-        if m is not None and hasattr(m, name):
-            kinds.append(getattr(m, name))
-    if isinstance(e, tuple(kinds)):
-        return _one_line(str(e))
-    if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
-        where = e.filename if e.filename is not None else "a file"
-        folder = os.path.dirname(os.path.abspath(where)) if e.filename is not None else "its folder"
-        return (f"cannot write {where}: {e.strerror}; choose another output folder (--runs, --out, --reports) "
-                f"or make {folder} writable")
-    if cmd == "sweep" and isinstance(e, ValueError):  # a malformed or unsupported sweep YAML
-        return _one_line(str(e))
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,10 +331,10 @@ def main(argv: list[str] | None = None) -> int:
 
         check_recipe()  # LIT_CAPS_RECIPE applies to every config any command composes
         if args.cmd == "sweep":
-            _check_sweep(args)
+            check_sweep(args)
         return args.func(args)
     except Exception as e:  # noqa: BLE001: user errors become one line, anything else is re-raised
-        msg = _user_error_message(e, args.cmd)
+        msg = user_error_message(e, sweep=args.cmd == "sweep")
         if msg is None or os.environ.get("LIT_CAPS_DEBUG", "").strip() not in ("", "0"):
             raise
         print(f"{PROG}: error: {msg}", file=sys.stderr)

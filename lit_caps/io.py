@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import DamagedFileError
+
 
 def unique_tmp(path: str | os.PathLike) -> Path:
     """A temp name beside ``path`` that no other process uses (pid + random suffix)."""
@@ -132,8 +134,6 @@ def load_checkpoint(path: str | os.PathLike, *, recover_hint: str, map_location=
     a checkpoint) raises :class:`~lit_caps.errors.DamagedFileError` with one line naming the file
     and ``recover_hint`` (the command that recovers). A missing file raises FileNotFoundError."""
     import torch
-
-    from .errors import DamagedFileError
 
     path = Path(path)
     try:

@@ -26,8 +26,12 @@ import os
 import shutil
 from pathlib import Path
 
+from .config import parse_overrides, set_dotted
 from .errors import DamagedFileError
+from .evaluation import model_hash
 from .io import atomic_write
+from .training.fit import build
+from .training.module import LitReconstructionClassifier
 
 ROOT_ENV = "LIT_CAPS_STORE"
 MODEL_FORMAT = "lit_caps-model-card-1"
@@ -135,9 +139,6 @@ def save_model(run_dir, store: Path | None = None) -> Path:
     import torch
     import yaml
 
-    from .evaluation import model_hash
-    from .module import LitReconstructionClassifier
-
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     if not summary.get("complete"):
@@ -179,15 +180,11 @@ def is_model_card(path) -> bool:
 
 
 def load_model_card(model_file, data_overrides: list[str] | None = None):
-    """(config, datamodule, module) of a model card, like ``lit_caps.cli.load_run`` for a checkpoint.
+    """(config, datamodule, module) of a model card, like ``lit_caps.runs.load_run`` for a checkpoint.
     The weights are the evaluated ones (the module's raw and averaged weights are both set to them);
     their hash is checked against the card's."""
     import torch
     import yaml
-
-    from .config import parse_overrides, set_dotted
-    from .evaluation import model_hash
-    from .train import build
 
     model_file = Path(model_file)
     card = model_file.parent

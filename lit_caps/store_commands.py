@@ -11,14 +11,15 @@ import sys
 from pathlib import Path
 
 from . import store
+from .config import compose, run_dir_for
+from .tracking import log_model_artifact
+from .trust import format_checks, verify
 
 #: the default models: the three models on MNIST and Fashion-MNIST, seed 0, default configs
 DEFAULT_MODELS = [(d, m) for d in ("mnist", "fashion_mnist") for m in ("capsnet", "cnn_cr", "cnn_r")]
 
 
 def _default_run_dirs(runs_root: str) -> list[Path]:
-    from .config import compose, run_dir_for
-
     out = []
     for d, m in DEFAULT_MODELS:
         run = run_dir_for(compose(m, d, seed=0), runs_root)
@@ -27,28 +28,6 @@ def _default_run_dirs(runs_root: str) -> list[Path]:
         else:
             print(f"[lit-caps store] no local run {run} (default {m} on {d}): not saved", file=sys.stderr)
     return out
-
-
-def log_model_artifact(card: Path) -> None:
-    """The model card as a W&B model artifact (offline unless a key is set; skipped without wandb)."""
-    try:
-        import wandb
-    except ImportError:
-        return
-    from .logging import ensure_wandb_mode
-
-    mode = ensure_wandb_mode()
-    import json
-
-    s = json.loads((card / "summary.json").read_text())
-    run = wandb.init(project="lit_caps", job_type="model-card", dir=str(card.parent), mode=mode,
-                     name=f"model-{s['dataset']}-{card.name}", config=s, reinit=True)
-    art = wandb.Artifact(f"{s['dataset']}-{card.name}", type="model", metadata=s)
-    for f in sorted(card.iterdir()):
-        if f.is_file():
-            art.add_file(str(f))
-    run.log_artifact(art, aliases=[s["model_hash"]])
-    run.finish()
 
 
 def cmd_store(args) -> int:
@@ -67,8 +46,6 @@ def cmd_store(args) -> int:
         store.restore_results(args.out)
         return 0
     if args.action == "verify":
-        from .trust import format_checks, verify
-
         checks = verify(sample=args.sample, seed=args.seed, paths=args.paths, atol=args.atol,
                         data_root=args.data_root, progress=args.progress)
         print(format_checks(checks))

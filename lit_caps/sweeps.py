@@ -23,7 +23,6 @@ the program sets ``dir=``); upload them later with ``wandb sync wandb/offline-ru
 """
 from __future__ import annotations
 
-import argparse
 import codecs
 import hashlib
 import itertools
@@ -44,7 +43,7 @@ from typing import Any
 import yaml
 
 from .io import write_json_atomic, write_text_atomic
-from .logging import wandb_mode
+from .tracking import wandb_mode
 
 METHODS = ("grid", "random", "bayes")
 DISTRIBUTIONS = ("uniform", "q_uniform", "int_uniform", "log_uniform_values", "categorical", "constant")
@@ -285,7 +284,7 @@ def _execute(cmd: list[str], env: dict, log_path: Path) -> int:
     return rc
 
 
-def _fmt(params: dict) -> str:
+def format_params(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
 
@@ -320,7 +319,7 @@ def run_local(sweep_path: str | os.PathLike, *, count: int | None = None, seed: 
         rec = {"index": i, "run_id": rid, "params": params, "rc": None, "metrics": {}, "skipped": False,
                "run_dir": str(run_dir), "command": cmd}
         records.append(rec)
-        head = f"[sweep {name} {k}/{len(runs)}] {_fmt(params)}"
+        head = f"[sweep {name} {k}/{len(runs)}] {format_params(params)}"
         status = _read_json(run_dir / "status.json")
         if status and status.get("rc") == 0:
             rec.update(rc=0, skipped=True, metrics=_read_json(run_dir / "metrics.json") or {})
@@ -362,7 +361,7 @@ def _summary(name: str, records: list[dict], metric: str | None, goal: str) -> N
     print(f"\n[sweep {name}] summary ({len(records)} runs, "
           f"{sum(r['rc'] != 0 for r in records)} failed)\n{pd.DataFrame(rows).to_string(index=False)}")
     if best := best_run(records, metric, goal):
-        print(f"[sweep {name}] best ({goal} {metric}): {best['run_id']} {_fmt(best['params'])} "
+        print(f"[sweep {name}] best ({goal} {metric}): {best['run_id']} {format_params(best['params'])} "
               f"-> {best['metrics'][metric]}")
 
 
@@ -381,61 +380,3 @@ def collect(state_dir: str | os.PathLike):
             row[f"metrics.{key}" if key in row else key] = v
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["run_id", "rc", "wall_time_s"])
-
-
-# -------------------------------------------------------------------------------------------------- CLI
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard wants I/N such as 0/4, got {text!r}") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= I < N")
-    return i, n
-
-
-def _cmd_local(args) -> int:
-    records = run_local(args.sweep, count=args.count, seed=args.seed, shard=args.shard,
-                        state_dir=args.state_dir, dry_run=args.dry_run)
-    return int(any(r["rc"] not in (0, None) for r in records))
-
-
-def _cmd_expand(args) -> int:
-    sweep = load_sweep(args.sweep)
-    state = Path("results") / "sweeps" / sweep["name"]
-    for i, params in enumerate(expand(sweep, args.count, args.seed)):
-        rid = run_id(i, params)
-        print(f"# {rid} {_fmt(params)}\n{shlex.join(build_command(sweep, params, state / rid, write_json=False))}")
-    return 0
-
-
-def _cmd_collect(args) -> int:
-    import pandas as pd
-
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
-        print(collect(args.state_dir).to_string(index=False))
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``sweep local|expand|collect`` on an ``add_subparsers()`` object."""
-    p = subparsers.add_parser("sweep", help="run a W&B sweep YAML locally (grid/random), no W&B server needed",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="sweep_cmd", required=True)
-    q = sub.add_parser("local", help="run the sweep's commands one after another (resumable)")
-    q.add_argument("sweep", metavar="SWEEP_YAML")
-    q.add_argument("--count", type=int, default=None, help="number of runs (random: required unless run_cap)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the random search")
-    q.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="run only runs i with i %% N == I")
-    q.add_argument("--state-dir", default=None, help="default: results/sweeps/<sweep name>")
-    q.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    q.set_defaults(func=_cmd_local)
-    q = sub.add_parser("expand", help="print the run list and the commands, as a shell script")
-    q.add_argument("sweep", metavar="SWEEP_YAML")
-    q.add_argument("--count", type=int, default=None)
-    q.add_argument("--seed", type=int, default=0)
-    q.set_defaults(func=_cmd_expand)
-    q = sub.add_parser("collect", help="print a table of all runs in a sweep state folder")
-    q.add_argument("state_dir", metavar="STATE_DIR")
-    q.set_defaults(func=_cmd_collect)
-    return p

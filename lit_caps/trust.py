@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
+from .evaluation import evaluate_attack
 
 #: per-example fields that must match exactly
 EXACT = ("index", "y", "target", "clean_pred", "adv_pred", "success", "undetected", "best_undetected")
@@ -86,8 +87,6 @@ def verify(sample: int = 3, seed: int = 0, paths: list[str] | None = None, atol:
            data_root: str | None = None, progress: bool = False) -> list[Check]:
     """Recompute ``sample`` committed results (a ``seed``-ed choice, or the given ``paths``)."""
     import torch
-
-    from .evaluation import evaluate_attack
 
     files = [Path(p) for p in paths] if paths else committed_results()
     if not paths:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import DEFAULT_ARCH, MODEL_NAMES, config_key
+from .config import DEFAULT_ARCH, MODEL_NAMES, config_key, run_dir_for
+from .data import IDX_FILES, IMAGE_SHAPES, CapsDataModule, data_root
 from .errors import DamagedFileError, InvalidArgumentError, NotWritableError
 
 
@@ -86,14 +87,12 @@ def check_attack_args(name: str | None = None, *, dataset: str | None = None, be
 
 
 # -- data ------------------------------------------------------------------------------------------
-def _required_files(name: str, cifar10_split_test: bool = False) -> list[list[str]]:
+def required_files(name: str, cifar10_split_test: bool = False) -> list[list[str]]:
     """Alternatives (any one suffices) of the paths each split of ``name`` needs, as the loaders in
-    lit_caps/data.py read them (tests/test_config.py keeps the two in step)."""
-    from .data import _IDX
-
+    lit_caps/data/datamodule.py read them (tests/test_config.py keeps the two in step)."""
     if name in ("mnist", "mnist_c", "fashion_mnist"):
         folder = "FashionMNIST" if name == "fashion_mnist" else "MNIST"
-        return [[f"{folder}/raw/{f}"] for f in _IDX]
+        return [[f"{folder}/raw/{f}"] for f in IDX_FILES]
     if name == "svhn":
         return [["SVHN/train_32x32.mat"], ["SVHN/test_32x32.mat"]]
     splits = ("test",) if cifar10_split_test else ("train", "test")
@@ -107,16 +106,14 @@ def check_data(name: str, root: str | os.PathLike | None = None, *, download: bo
     files exist (loading CIFAR-10's PNGs takes a while); nothing to check with ``download``."""
     if download:
         return
-    from .data import CapsDataModule, data_root
-
     r = data_root(root)
-    need = _required_files(name, cifar10_split_test)
+    need = required_files(name, cifar10_split_test)
     if all(any((r / p).exists() for p in alts) for alts in need):
         return
     # the data module's own loader says what is missing and how to get it
     dm = CapsDataModule(name=name, root=None if root is None else str(root), cifar10_split_test=cifar10_split_test)
-    dm._load_split(False)
-    dm._load_split(True)
+    dm.load_split(False)
+    dm.load_split(True)
 
 
 def check_config_data(cfg: dict) -> None:
@@ -172,7 +169,7 @@ def check_ckpt(ckpt: str | os.PathLike) -> dict:
 
 def check_run_dir(cfg: dict, run: str | os.PathLike) -> None:
     """A run folder that already holds a run must hold one with the same identifying settings (what
-    ``lit_caps.train.fit`` would refuse after loading everything)."""
+    ``lit_caps.training.fit.fit`` would refuse after loading everything)."""
     cfg_path = Path(run) / "config.yaml"
     if not cfg_path.is_file():
         return
@@ -186,13 +183,9 @@ def check_fit(cfg: dict, runs_root: str | os.PathLike = "runs", run_dir: str | o
     """Everything ``lit-caps fit`` can check before it writes a file: the arch fits the dataset's
     images, the data is on disk, the run folder can be written and holds no other run. The config's
     keys, types and names were checked by :func:`lit_caps.config.compose`. Returns the run folder."""
-    from .config import run_dir_for
-
     run = Path(run_dir) if run_dir else run_dir_for(cfg, runs_root)
     check_writable(run, "--run-dir" if run_dir else "--runs")
     check_run_dir(cfg, run)
-    from .data import IMAGE_SHAPES
-
     name = cfg["data"]["name"]
     shape = cfg["arch"].get("image_shape")
     if shape is not None and tuple(shape) != tuple(IMAGE_SHAPES[name]):

@@ -98,3 +98,18 @@ def trained_models(data_root):
     """
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     return {name: train_small(name, data_root) for name in ("capsnet", "cnn_cr", "cnn_r")}
+
+
+@pytest.fixture(scope="session")
+def runs(data_root, tmp_path_factory):
+    """A runs root with complete smoke `lit-caps fit` runs of CNN+CR, seeds 0 and 1 (a few seconds each)."""
+    from lit_caps.config import compose
+    from lit_caps.training.fit import fit
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    for s in (0, 1):
+        fit(compose("cnn_cr", "mnist", train="smoke", seed=s,
+                    overrides=["logger.wandb=false", "progress_bar=false", "train.limit_train_batches=30",
+                               f"data.root={data_root}"]), runs_root=root)
+    return root

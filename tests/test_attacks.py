@@ -371,7 +371,7 @@ def test_best_iterate_dominates_last_and_is_real(trained_models, mnist_test, nam
 
 # -- presets --------------------------------------------------------------------------------------
 def test_presets_follow_appendix_c():
-    from lit_caps.data import EPSILON
+    from lit_caps.attacks import EPSILON
 
     for ds, eps in {"mnist": 0.3, "fashion_mnist": 0.1, "svhn": 0.1, "cifar10": 8 / 255}.items():
         assert EPSILON[ds] == pytest.approx(eps)

@@ -10,9 +10,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from lit_caps.callbacks import AttackEvaluation, expand_attack_specs
+from lit_caps.evaluation.callback import AttackEvaluation, expand_attack_specs
 from lit_caps.config import compose
-from lit_caps.train import build, fit
+from lit_caps.training.fit import build, fit
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_expand_attack_specs():
 @pytest.mark.parametrize("inference_mode", [False, True])
 def test_callback_in_the_test_loop(smoke_run, tmp_path, inference_mode):
     cfg, summary = smoke_run
-    from lit_caps.module import LitReconstructionClassifier
+    from lit_caps.training.module import LitReconstructionClassifier
 
     dm, _ = build(cfg)
     module = LitReconstructionClassifier.load_from_checkpoint(summary["checkpoint"])

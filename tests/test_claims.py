@@ -278,7 +278,7 @@ def test_read_only_results_folder_is_a_clear_permission_error(tiny_saved, refere
 
 def _fit_smoke(data_root, runs):
     from lit_caps.config import compose
-    from lit_caps.train import fit
+    from lit_caps.training.fit import fit
 
     cfg = compose("cnn_cr", "mnist", train="smoke",
                   overrides=["logger.wandb=false", "progress_bar=false", f"data.root={data_root}",
@@ -292,7 +292,7 @@ def test_two_evaluate_runs_on_other_checkpoints_keep_their_outputs(data_root, tm
     file is kept under superseded/, never written over; printed paths are where the files are."""
     import shutil
 
-    from lit_caps.module import LitReconstructionClassifier
+    from lit_caps.training.module import LitReconstructionClassifier
 
     s1 = _fit_smoke(data_root, tmp_path / "runs")
     run1 = Path(s1["run_dir"])
@@ -377,7 +377,7 @@ def test_attack_evaluation_logs_settings_and_fpr_series(reference, tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lit_caps.callbacks import AttackEvaluation
+    from lit_caps.evaluation.callback import AttackEvaluation
 
     ref = reference[0]
     cb = AttackEvaluation([], n=N, seed=0, chunk_size=CHUNK)
@@ -403,14 +403,13 @@ def test_attack_cell_wandb_run_under_out(reference, tmp_path, monkeypatch):
 
     import wandb
 
-    from lit_caps import experiments as ex
-    from lit_caps import worst_case
+    from lit_caps.experiments import attack_cell
 
     ref = reference[0]
     run = SimpleNamespace(summary={"run_dir": str(tmp_path / "runs" / "mnist" / "cnn_cr-mnist-s0-12345678")},
                           checkpoint="c.ckpt")
-    monkeypatch.setattr(worst_case, "ensure_run", lambda *a, **k: run)
-    monkeypatch.setattr(ex, "_evaluate", lambda *a, **k: ref)
+    monkeypatch.setattr(attack_cell, "ensure_run", lambda *a, **k: run)
+    monkeypatch.setattr(attack_cell, "evaluate_cell", lambda *a, **k: ref)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
@@ -428,7 +427,7 @@ def test_attack_cell_wandb_run_under_out(reference, tmp_path, monkeypatch):
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     out = tmp_path / "out"
-    s = worst_case.run_cell("mnist", "cnn_cr", "pgd", False, None, "smoke", out_dir=str(out), progress=False)
+    s = attack_cell.run_cell("mnist", "cnn_cr", "pgd", False, None, "smoke", out_dir=str(out), progress=False)
     assert s["success_rate"] == ref["summary"]["success_rate"]
     rid = f"attack-cnn_cr-mnist-s0-12345678-{NAME.replace('.', '_')}-{ref['settings_hash'][:8]}"
     assert seen["id"] == rid and seen["config"]["settings_hash"] == ref["settings_hash"]
@@ -440,7 +439,7 @@ def test_attack_cell_wandb_run_under_out(reference, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     monkeypatch.setenv("WANDB_SWEEP_ID", "abc")
     seen.clear()
-    worst_case.run_cell("mnist", "cnn_cr", "pgd", False, None, "smoke", out_dir=str(out), progress=False)
+    attack_cell.run_cell("mnist", "cnn_cr", "pgd", False, None, "smoke", out_dir=str(out), progress=False)
     assert "id" not in seen and len(list((tmp_path / "wb" / "wandb").glob("offline-run-*"))) == 1
 
 

@@ -1,5 +1,6 @@
 """Strict, typed configs: unknown keys and wrong types are refused with the fix, the schema matches
-what the code reads, and checking never changes a valid config (the run hashes stay pinned)."""
+what the code reads, and checking never changes a valid config (the run hashes stay pinned); the
+experiment scales of configs/scales."""
 from __future__ import annotations
 
 import inspect
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from lit_caps import config as C
+from lit_caps import config_schema as S
 from lit_caps.config import available, compose, config_hash
 from lit_caps.errors import ConfigError, ConfigNotFoundError, InvalidArgumentError, UserError
 
@@ -53,9 +55,9 @@ def test_run_hashes_are_unchanged(args, expected):
 
 def test_checking_never_changes_a_shipped_config():
     """Every model x dataset x arch x profile composes, and its groups are the shipped files as read."""
-    for group in C.GROUPS:
+    for group in S.GROUPS:
         for name in available(group):
-            raw = yaml.safe_load((C.config_dir() / group / f"{name}.yaml").read_text())
+            raw = yaml.safe_load((S.config_dir() / group / f"{name}.yaml").read_text())
             assert C.load_group(group, name) == raw, (group, name)
     for model in C.MODEL_NAMES:
         for data in C.DEFAULT_ARCH:
@@ -221,14 +223,14 @@ def test_data_keys_are_the_datamodule_arguments():
 
     # seed: the run's top-level seed, which fit passes to the datamodule (training order, augmentation)
     params = set(inspect.signature(CapsDataModule.__init__).parameters) - {"self", "seed"}
-    assert set(C.schema()["data"]) == params
+    assert set(S.schema()["data"]) == params
 
 
 def test_train_keys_are_what_training_reads():
-    src = (REPO / "lit_caps" / "train.py").read_text()
+    src = (REPO / "lit_caps" / "training" / "fit.py").read_text()
     read = set(re.findall(r"""\bt(?:\.get\(|\[)["'](\w+)["']""", src))
     read |= set(re.findall(r'"(\w+)"', re.search(r"for k in \(([^)]*)\)", src).group(1)))
-    assert read == set(C.schema()["train"])
+    assert read == set(S.schema()["train"])
 
 
 def _tiny_arch():
@@ -244,8 +246,8 @@ def test_arch_keys_per_model_are_what_the_constructors_take():
     defaults = {k: p.default for k, p in inspect.signature(CapsNet.__init__).parameters.items() if k != "self"}
     base = _tiny_arch()
     for model in C.MODEL_NAMES:
-        valid = {k for k in C.schema()["arch"] if model in C.ARCH_ONLY_FOR.get(k, (model,))}
-        for k in set(C.schema()["arch"]) | {"conditional", "bogus"}:
+        valid = {k for k in S.schema()["arch"] if model in S.ARCH_ONLY_FOR.get(k, (model,))}
+        for k in set(S.schema()["arch"]) | {"conditional", "bogus"}:
             kw = {**base, k: base.get(k, defaults.get(k, True))}
             if k in valid:
                 build_model(model, **kw)
@@ -260,11 +262,83 @@ def test_arch_keys_per_model_are_what_the_constructors_take():
 
 def test_null_defaults_have_a_type():
     """A key null in every shipped file needs EXTRA_TYPES; the schema refuses to guess."""
-    assert "limit_val_batches" in C.EXTRA_TYPES["train"]
+    assert "limit_val_batches" in S.EXTRA_TYPES["train"]
     with pytest.raises(TypeError):
-        C._spec_of([None, None])
-    assert C._spec_of([1, 0.5]) is C.FLOAT and C._spec_of(["auto", 1]).ok(1) and not C._spec_of(["a", 1]).ok(1.5)
-    assert C._spec_of([[], [[49, 16]]]).text == "a list of lists of integers"
+        S.spec_of([None, None])
+    assert S.spec_of([1, 0.5]) is S.FLOAT and S.spec_of(["auto", 1]).ok(1) and not S.spec_of(["a", 1]).ok(1.5)
+    assert S.spec_of([[], [[49, 16]]]).text == "a list of lists of integers"
+
+
+def test_the_public_names_and_the_schema_split():
+    """Every name of ``config.__all__`` is there, the re-exports are the schema module's own objects,
+    and the shipped scale files are not mistaken for a config group."""
+    assert all(hasattr(C, n) for n in C.__all__)
+    for name in ("DEFAULT_ARCH", "MODEL_NAMES", "available", "check_config"):
+        assert getattr(C, name) is getattr(S, name)
+    assert "scales" not in S.GROUPS and set(S.schema()) == {*S.GROUPS, "logger"}
+
+
+# -- experiment scales -----------------------------------------------------------------------------
+SECTIONS = ("table1", "rpgd_beta", "table7", "table3", "fig1", "table2", "fig3", "fig4", "galleries")
+
+
+def test_scale_values_are_pinned():
+    """A few values of the shipped scale files, independently of the Python dicts."""
+    betas = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    quick = C.load_scale("quick")
+    assert quick["table3"] == {"n": 200, "chunk_size": 100, "steps": 100, "betas": betas, "refine": 2,
+                               "train": "default", "train_overrides": []}
+    assert all(isinstance(b, float) for b in quick["table3"]["betas"])
+    assert quick["table1"]["cw"] == {"steps": 100, "binary_search_steps": 4, "initial_const": 1.0, "lr": 0.05}
+    assert quick["table2"] == {"n": None} and quick["fig1"] == {"n": 1000}
+    assert quick["fig3"]["overrides"] == ["data.cifar10_split_test=true", "data.val_size=1000", "train.max_epochs=5"]
+    paper = C.load_scale("paper")
+    assert paper["table1"] == {"n": 1000, "chunk_size": 100, "steps": None, "cw": None, "compile": True}
+    assert paper["rpgd_beta"]["betas"] == betas and paper["fig3"]["betas"] == betas
+    assert paper["fig4"] == {"per_class": 100, "steps": None} and paper["galleries"] == {"steps": None, "candidates": 1000}
+    smoke = C.load_scale("smoke")
+    assert smoke["table3"]["train"] == "smoke" and smoke["table2"] == {"n": 100}
+    assert smoke["galleries"] == {"steps": 3, "candidates": 20} and smoke["rpgd_beta"]["betas"] == [0.0, 0.5, 1.0]
+    for scale in C.SCALE_NAMES:
+        assert tuple(C.load_scale(scale)) == SECTIONS
+        assert C.scale_section(scale, "fig1") == C.load_scale(scale)["fig1"]
+
+
+def test_scales_are_copies():
+    """load_scale is cached, but what it returns (and scale_section) may be changed by the caller."""
+    a = C.load_scale("quick")
+    a["table3"]["betas"].append(2.0)
+    a["fig1"]["n"] = 1
+    s = C.scale_section("quick", "table3")
+    s["betas"].clear()
+    assert len(C.load_scale("quick")["table3"]["betas"]) == 11 and C.load_scale("quick")["fig1"]["n"] == 1000
+    assert len(C.scale_section("quick", "table3")["betas"]) == 11
+
+
+@pytest.mark.parametrize("args,message", [
+    (("quik", "table1"), "unknown scale 'quik'; choose one of smoke, quick, paper (did you mean 'quick'?)"),
+    (("huge", "table1"), "unknown scale 'huge'; choose one of smoke, quick, paper"),
+    (("quick", "gallery"), "no section 'gallery' in scale 'quick' (configs/scales/quick.yaml); choose one of "
+                           + ", ".join(SECTIONS) + " (did you mean 'galleries'?)"),
+    (("paper", "zzz"), "no section 'zzz' in scale 'paper' (configs/scales/paper.yaml); choose one of "
+                       + ", ".join(SECTIONS)),
+])
+def test_unknown_scale_or_section_is_a_config_error(args, message):
+    with pytest.raises(ConfigError) as e:
+        C.scale_section(*args)
+    assert str(e.value) == message and "\n" not in str(e.value) and isinstance(e.value, UserError)
+    if args[0] not in C.SCALE_NAMES:
+        with pytest.raises(ConfigError, match="unknown scale"):
+            C.load_scale(args[0])
+
+
+def test_scale_files_are_packaged():
+    """configs/scales/*.yaml are shipped with the package (pyproject's package-data)."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lit_caps"]
+    assert "configs/**/*.yaml" in data
+    assert sorted(p.stem for p in (S.config_dir() / "scales").glob("*.yaml")) == sorted(C.SCALE_NAMES)
 
 
 # -- attack arguments and data --------------------------------------------------------------------
@@ -297,9 +371,9 @@ def test_good_attack_arguments_pass():
 
 
 def _placeholders(root: Path, name: str, **kw) -> None:
-    from lit_caps.validate import _required_files
+    from lit_caps.validate import required_files
 
-    for alts in _required_files(name, **kw):
+    for alts in required_files(name, **kw):
         p = root / alts[0]
         if "." in p.name or "ubyte" in p.name:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -327,7 +401,7 @@ def test_data_check_agrees_with_the_loaders(tmp_path, name, kw):
     dm = CapsDataModule(name, root=str(full), **kw)
     for train in ((False,) if kw else (True, False)):
         try:
-            dm._load_split(train)
+            dm.load_split(train)
         except DataNotFoundError as err:
             assert "not found under" not in str(err), err
         except Exception:  # noqa: BLE001: empty placeholder files fail to parse, as they should

@@ -1,4 +1,4 @@
-"""Tests for lit_caps.corruptions on real MNIST test images."""
+"""Tests for lit_caps.data.corruptions on real MNIST test images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lit_caps import corruptions as C
+from lit_caps.data import corruptions as C
 
 N_IMAGES = 20
 

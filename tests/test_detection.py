@@ -159,7 +159,7 @@ def test_dedupe_by_index_keeps_first_sorted():
 
 
 def test_plots(tmp_path):
-    from lit_caps.plots import plot_distance_histograms, plot_undetected_vs_fpr
+    from lit_caps.reporting.plots import plot_distance_histograms, plot_undetected_vs_fpr
 
     val = torch.rand(100) + 1
     fprs, rates = undetected_vs_fpr(val, torch.rand(50) * 3, torch.ones(50, dtype=torch.bool))
@@ -172,7 +172,7 @@ def test_plots(tmp_path):
 
 def test_plot_rates_vs_beta_panels(tmp_path, monkeypatch):
     """Both panels get their axes (labels, limits); best-iterate lines go dashed into (b) in their model's colour."""
-    from lit_caps import plots
+    from lit_caps.reporting import plots
 
     figs = []
     save = plots._save

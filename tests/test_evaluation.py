@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from lit_caps.detection import detection_rates, threshold_at_fpr
-from lit_caps.evaluation import (EXAMPLE_FIELDS, chunk_dir, evaluate_attack, model_hash, result_path,
-                                 subset_positions)
+from lit_caps.evaluation import (EXAMPLE_FIELDS, chunk_dir, evaluate_attack, find_results, model_hash,
+                                 parse_result_name, result_name, result_path, subset_positions)
 
 N, CHUNK, EPS = 60, 20, 0.3
 CALLS = {"n": 0, "fail_at": None}
@@ -497,3 +497,104 @@ def test_compiled_forward_gives_the_same_result(tiny, dataset, tmp_path, monkeyp
         assert compiled["examples"][k] == eager["examples"][k], k
     assert max(abs(a - b) for a, b in zip(compiled["examples"]["adv_dist"], eager["examples"]["adv_dist"])) < 1e-3
     assert getattr(tiny[0], "_compiled_call_impl", None) is None
+
+
+# -- the query of result files (find_results, parse_result_name) ------------------------------------
+NAME_CASES = [  # result_name's arguments: attack, targeted, eps, n, seed, beta, source_hash
+    ("pgd", False, 0.3, 40, 0, None, None),
+    ("r_pgd", True, 0.3, 200, 0, 0.5, None),
+    ("r_pgd", False, 0.0313725, 1000, 7, 0.123456789, None),  # written with 6 significant digits
+    ("r_fgsm", True, 1e-05, 3, 12, 1e-05, None),  # exponents with a minus sign: "1e-05"
+    ("r_bim", False, 0.3, 10, 0, 2e6, None),  # "2e+06"
+    ("cw", False, None, 50, 1, None, None),  # unbounded: eps "none"
+    ("r_pgd", True, 0.3, 200, 0, 0.0, "0123456789abcdef"),  # black-box: "-bb01234567"
+    ("pgd", False, 0.3, 40, 3, None, "fedcba98"),
+]
+
+
+@pytest.mark.parametrize("case", NAME_CASES)
+def test_result_name_round_trips_through_parse_result_name(case):
+    attack, targeted, eps, n, seed, beta, source = case
+    name = result_name(attack, targeted, eps, n, seed, beta, source_hash=source)
+    got = parse_result_name(name)
+    assert got is not None, name
+    assert result_name(**got) == name
+    assert parse_result_name(name + ".json") == got
+    assert (got["attack"], got["targeted"], got["n"], got["seed"]) == (attack, targeted, n, seed)
+    assert got["source_hash"] == (None if source is None else source[:8])
+    for k, v in (("eps", eps), ("beta", beta)):
+        assert got[k] == (None if v is None else float(f"{v:g}")), k
+
+
+@pytest.mark.parametrize("name", ["", "foo", "pgd-untargeted-eps0.3-n40", "pgd-sideways-eps0.3-n40-s0",
+                                  "pgd-untargeted-epsx-n40-s0", "pgd-untargeted-eps0.3-n40-s0-extra",
+                                  "pgd-untargeted-eps0.3-n40-s0.json.damaged-20240101-120000",
+                                  "pgd-untargeted-betax-eps0.3-n40-s0"])
+def test_parse_result_name_rejects_other_names(name):
+    assert parse_result_name(name) is None
+
+
+def _touch_result(folder: Path, *args, **kw) -> Path:
+    p = folder / f"{result_name(*args, **kw)}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("{}")
+    return p
+
+
+def test_find_results_lists_every_beta_of_these_settings_only(tmp_path):
+    d = tmp_path / "mnist" / "cnn_cr-mnist-s0-abc"
+    want = {b: _touch_result(d, "r_pgd", True, 0.3, 200, 0, beta=b) for b in (None, 2.0, 0.5, 1e-05, 0.123456789)}
+    for args in [("r_pgd", False, 0.3, 200, 0), ("r_pgd", True, 0.2, 200, 0), ("r_pgd", True, 0.3, 100, 0),
+                 ("r_pgd", True, 0.3, 200, 1), ("r_bim", True, 0.3, 200, 0), ("pgd", True, 0.3, 200, 0)]:
+        _touch_result(d, *args, beta=0.5)  # other settings: not listed
+    _touch_result(d, "r_pgd", True, 0.3, 200, 0, beta=0.5, source_hash="0123456789abcdef")  # black-box
+    _touch_result(d / "superseded", "r_pgd", True, 0.3, 200, 0, beta=3.0)  # kept aside: not listed
+    (d / "notes.json").write_text("{}")
+    (d / f"{result_name('r_pgd', True, 0.3, 200, 0, beta=4.0)}.json.damaged-20240101").write_text("x")
+    (d / f"{result_name('r_pgd', True, 0.3, 200, 0, beta=5.0)}.json").mkdir()  # a folder, not a file
+
+    q = dict(attack="r_pgd", targeted=True, eps=0.3, n=200, seed=0)
+    got = find_results(tmp_path, "mnist", "cnn_cr-mnist-s0-abc", **q)
+    assert got == [(None, want[None]), (1e-05, want[1e-05]), (0.123457, want[0.123456789]), (0.5, want[0.5]),
+                   (2.0, want[2.0])]
+    bb = find_results(tmp_path, "mnist", "cnn_cr-mnist-s0-abc", source_hash="0123456789abcdef", **q)
+    assert [b for b, _ in bb] == [0.5] and bb[0][1].name.endswith("-bb01234567.json")
+    # eps as result_name writes it: 0.30000001 and 0.3 are the same name
+    assert find_results(tmp_path, "mnist", "cnn_cr-mnist-s0-abc", **{**q, "eps": 0.30000001}) == got
+    assert find_results(tmp_path, "mnist", "other-model", **q) == []
+    assert find_results(tmp_path / "nowhere", "mnist", "cnn_cr-mnist-s0-abc", **q) == []
+
+
+def test_find_results_unbounded_attack(tmp_path):
+    p = _touch_result(tmp_path / "mnist" / "m", "cw", False, None, 50, 0)
+    _touch_result(tmp_path / "mnist" / "m", "cw", False, 0.3, 50, 0)
+    assert find_results(tmp_path, "mnist", "m", attack="cw", targeted=False, eps=None, n=50, seed=0) == [(None, p)]
+
+
+def test_find_results_finds_what_evaluate_attack_wrote(tiny, dataset, tmp_path):
+    written = {b: run(tiny, dataset, tmp_path, n=20, beta=b) for b in (None, 0.5, 0.25)}
+    assert all(r["status"] == "complete" for r in written.values())
+    got = find_results(tmp_path, "mnist", "tiny", attack="pgd", targeted=False, eps=EPS, n=20, seed=0)
+    assert got == [(b, Path(written[b]["path"])) for b in (None, 0.25, 0.5)]
+
+
+def test_evaluation_modules_import_their_siblings_directly():
+    """Inside lit_caps.evaluation: no import through the package (an import circle through its
+    __init__) and no private name of another module."""
+    import ast
+
+    import lit_caps.evaluation as pkg
+
+    folder = Path(pkg.__file__).parent
+    mods = sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
+    assert {p.stem for p in mods} >= {"evaluate", "results", "claims", "chunks", "settings", "forward"}
+    for p in mods:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                where = f"{p.name}:{node.lineno}"
+                assert node.module != "lit_caps.evaluation" and not (node.level == 1 and node.module is None), where
+                if node.level == 1:
+                    assert not any(a.name.startswith("_") for a in node.names), where
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None, name
+

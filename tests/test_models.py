@@ -138,7 +138,7 @@ def test_margin_loss_values():
 
 @pytest.mark.parametrize("name", ["capsnet", "cnn_cr", "cnn_r"])
 def test_loss_falls_on_a_tiny_batch(name, mnist_test):
-    from lit_caps.module import LitReconstructionClassifier
+    from lit_caps.training.module import LitReconstructionClassifier
 
     torch.manual_seed(0)
     x, y = mnist_test[0][:32], mnist_test[1][:32]

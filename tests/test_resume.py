@@ -21,7 +21,7 @@ import torch
 from lit_caps.config import compose, run_dir_for
 from lit_caps.errors import DamagedFileError, RunBusyError
 from lit_caps.io import file_identity, load_checkpoint
-from lit_caps.train import fit
+from lit_caps.training.fit import fit
 
 #: Generous limits for the subprocesses (seconds): a shared 2-core machine can be 10x slower than an idle one.
 TIMEOUT = 1200
@@ -239,7 +239,7 @@ def test_epoch_sampler_and_augmentation_derive_from_seed_epoch_and_index():
 
 # -- metrics.csv is appended to, never deleted --------------------------------------------------------
 def test_csv_log_is_continued_not_deleted(tmp_path):
-    from lit_caps.logging import AppendingCSVLogger
+    from lit_caps.training.loggers import AppendingCSVLogger
 
     lg = AppendingCSVLogger(str(tmp_path), name="", version="csv")
     for step in range(3):
@@ -311,7 +311,7 @@ def test_second_fit_of_a_run_in_training_stops_at_once_then_reuses_it(data_root,
 
 
 def test_run_lock_in_process(tmp_path):
-    from lit_caps.train import run_lock
+    from lit_caps.training.fit import run_lock
 
     with run_lock(tmp_path / "r"):
         owner = json.loads((tmp_path / "r" / ".lock.owner").read_text())
@@ -355,7 +355,8 @@ def _check_message(msg: str, path: Path, run: Path) -> None:
 
 @pytest.mark.parametrize("how", ["random bytes", "truncated"])
 def test_damaged_checkpoint_is_reported_in_one_line_never_reused_nor_replaced(finished_run, tmp_path, how, capsys):
-    from lit_caps.cli import load_run, main
+    from lit_caps.cli import main
+    from lit_caps.runs import load_run
 
     cfg = finished_run[0]
     run = _copy_run(finished_run, tmp_path)

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_caps import experiments as ex
 from lit_caps import store, trust
-from lit_caps import worst_case as wc
 from lit_caps.config import compose, run_dir_for
 from lit_caps.errors import DamagedFileError
 from lit_caps.evaluation import evaluate_attack, model_hash
-from lit_caps.train import fit
+from lit_caps.runs import ensure_run_cfg, find_run, load_trained
+from lit_caps.training.fit import fit
 
 OV = ["logger.wandb=false", "progress_bar=false"]
 
@@ -72,7 +71,7 @@ def smoke_run(data_root, tmp_path_factory):
 def test_model_card_loads_weights_only_and_is_found_without_a_local_run(smoke_run, tmp_path, data_root):
     cfg, runs, s = smoke_run
     run = run_dir_for(cfg, runs)
-    local = ex.load_trained(ex.find_run(runs, "mnist", "capsnet", 0, "mnist"), str(data_root))
+    local = load_trained(find_run(runs, "mnist", "capsnet", 0, "mnist"), str(data_root))
     card = store.save_model(run)
     assert card == store.models_root() / "mnist" / run.name
     blob = torch.load(card / store.MODEL_FILE, weights_only=True)  # no pickled code
@@ -81,17 +80,17 @@ def test_model_card_loads_weights_only_and_is_found_without_a_local_run(smoke_ru
     assert (card / "csv" / "metrics.csv").read_text() == (run / "csv" / "metrics.csv").read_text()
     # no local runs: find_run and ensure_run give the committed model (same weights, same detector)
     empty = tmp_path / "no_runs"
-    found = ex.find_run(empty, "mnist", "capsnet", 0, "mnist")
+    found = find_run(empty, "mnist", "capsnet", 0, "mnist")
     assert Path(found["checkpoint"]) == card / store.MODEL_FILE
-    lr = ex.load_trained(found, str(data_root))
+    lr = load_trained(found, str(data_root))
     assert lr.model_hash == local.model_hash and lr.threshold == local.threshold
     assert torch.equal(lr.val_distances, local.val_distances)
     cfg_empty = compose("capsnet", "mnist", train="smoke", overrides=OV + [f"data.root={data_root}"])
-    er = wc.ensure_run_cfg(cfg_empty, runs_root=empty, train=True, data_root=str(data_root))
+    er = ensure_run_cfg(cfg_empty, runs_root=empty, train=True, data_root=str(data_root))
     assert er.model_hash == local.model_hash
     assert not (empty / "mnist").exists()  # nothing trained
     # a local run of the same config wins over the card
-    assert Path(ex.find_run(runs, "mnist", "capsnet", 0, "mnist")["checkpoint"]).parent.name == "checkpoints"
+    assert Path(find_run(runs, "mnist", "capsnet", 0, "mnist")["checkpoint"]).parent.name == "checkpoints"
     # damaged or edited cards are refused with one line that says how to restore them
     bad = tmp_path / "bad" / "mnist" / run.name
     shutil.copytree(card, bad)
@@ -108,7 +107,7 @@ def test_model_card_loads_weights_only_and_is_found_without_a_local_run(smoke_ru
 def test_trust_check_agrees_on_a_recomputed_cell_and_catches_an_edited_one(smoke_run, tmp_path, data_root):
     cfg, runs, s = smoke_run
     store.save_model(run_dir_for(cfg, runs))
-    lr = ex.load_trained(ex.find_run(tmp_path / "none", "mnist", "capsnet", 0, "mnist"), str(data_root))
+    lr = load_trained(find_run(tmp_path / "none", "mnist", "capsnet", 0, "mnist"), str(data_root))
     out = tmp_path / "results"
     with torch.inference_mode(False):
         r = evaluate_attack(lr.model, lr.test_set, "r_pgd", dataset_name="mnist", model_name="capsnet", targeted=True,

@@ -242,7 +242,7 @@ def test_dry_run_and_shards(tiny_sweep, tmp_path, capsys):
 def test_cli_expand_and_local_exit_code(tiny_sweep, tmp_path, capsys):
     import argparse
 
-    from lit_caps.sweeps import add_parser
+    from lit_caps.sweep_commands import add_parser
 
     ap = argparse.ArgumentParser()
     add_parser(ap.add_subparsers(dest="cmd", required=True))

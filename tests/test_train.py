@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lit_caps.config import compose, config_hash, run_dir_for
-from lit_caps.train import build, fit
+from lit_caps.training.fit import build, fit
 
 SMOKE = ["logger.wandb=false", "progress_bar=false"]
 
@@ -76,7 +76,7 @@ def test_wandb_offline_run(data_root, tmp_path, monkeypatch):
 
 
 def test_wandb_mode_defaults(monkeypatch, tmp_path):
-    from lit_caps.logging import wandb_mode
+    from lit_caps.tracking import wandb_mode
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -91,7 +91,7 @@ def test_wandb_mode_defaults(monkeypatch, tmp_path):
 def test_capsule_lr_scale_param_groups():
     """train.capsule_lr_scale: the routed capsule weights get lr x k; k = 1 keeps one group (old checkpoints)."""
     from lit_caps.config import load_group
-    from lit_caps.module import LitReconstructionClassifier
+    from lit_caps.training.module import LitReconstructionClassifier
 
     arch = load_group("arch", "mnist")
     one = LitReconstructionClassifier("capsnet", arch=arch).configure_optimizers()
@@ -110,7 +110,7 @@ def test_capsule_lr_scale_param_groups():
 def test_weight_average_is_what_is_evaluated_and_resume_keeps_raw_weights(data_root, tmp_path):
     """train.ema_decay: the average is validated/tested/thresholded and is what a loaded checkpoint's
     ``model`` holds; the raw weights are validated too (val/acc_raw) and are what a resumed fit continues."""
-    from lit_caps.module import LitReconstructionClassifier
+    from lit_caps.training.module import LitReconstructionClassifier
 
     base = smoke_cfg("cnn_cr", root=data_root)
     cfg = smoke_cfg("cnn_cr", root=data_root, extra=["train.ema_decay=0.9"])
@@ -145,7 +145,7 @@ def test_weight_average_is_what_is_evaluated_and_resume_keeps_raw_weights(data_r
 def test_weight_average_update():
     """ema <- d * ema + (1 - d) * model after every step, d = min(decay, (1 + n) / (10 + n))."""
     from lit_caps.config import load_group
-    from lit_caps.module import LitReconstructionClassifier
+    from lit_caps.training.module import LitReconstructionClassifier
 
     m = LitReconstructionClassifier("cnn_r", arch=load_group("arch", "mnist"), ema_decay=0.99)
     p_ema, p = next(m.ema.parameters()), next(m.model.parameters())

@@ -88,7 +88,7 @@ def project_linf(x_new: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.clamp(x + torch.clamp(x_new - x, min=-eps, max=eps), min=0.0, max=1.0)
 
 
-def _detached(out) -> ModelOutput:
+def detached(out) -> ModelOutput:
     return ModelOutput(out.logits.detach(), out.poses.detach())
 
 
@@ -246,7 +246,7 @@ class LinfIterativeAttack(Attack):
             x_next = xr.detach() - step * g.sign()
         else:
             x_next = xr.detach() + step * g.sign()
-        return project_linf(x_next, x, self.eps), _detached(out)
+        return project_linf(x_next, x, self.eps), detached(out)
 
     @abc.abstractmethod
     def _iterate(self, x, x_adv, y, target):

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LinfIterativeAttack, _detached, project_linf
+from .base import LinfIterativeAttack, detached, project_linf
 
 
 class RBIM(LinfIterativeAttack):
@@ -82,7 +82,7 @@ class RBIM(LinfIterativeAttack):
         loss = self._recon_distance(xr, out, self._recon_classes(out, target)).sum()
         (g,) = torch.autograd.grad(loss, xr)
         x_next = xr.detach() - (self.step_size * (1.0 - self.beta)) * g.sign()
-        return project_linf(x_next, x, self.eps), _detached(out)
+        return project_linf(x_next, x, self.eps), detached(out)
 
     def _combined_step(self, x, x_adv, y, target):
         """One-stage variant: a signed step of c down beta * (+-CE) + (1 - beta) * distance."""
@@ -97,7 +97,7 @@ class RBIM(LinfIterativeAttack):
             loss = loss + (1.0 - self.beta) * self._recon_distance(xr, out, self._recon_classes(out, target)).sum()
         (g,) = torch.autograd.grad(loss, xr)
         x_next = xr.detach() - self.step_size * g.sign()
-        return project_linf(x_next, x, self.eps), _detached(out)
+        return project_linf(x_next, x, self.eps), detached(out)
 
     def _iterate(self, x, x_adv, y, target):
         if not self.two_stage:

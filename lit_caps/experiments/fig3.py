@@ -1,0 +1,158 @@
+"""CIFAR-10 (Qin et al., Section 5.4, Fig. 3): three CapsNet variants against defense-aware R-PGD.
+
+* ``capsnet``: the CIFAR-10 config (``configs/arch/cifar10.yaml``) with the deeper reconstruction
+  network (FC 1024 -> 2048 -> 2048 -> 3x32x32), masked input (the paper's CapsNet);
+* ``capsnet_all``: "CapsNet All", every class capsule feeds the reconstruction network (no mask);
+* ``capsnet_winner``: DeepCaps-style, only the winning capsule's vector (unplaced) feeds it.
+
+Targeted R-PGD at eps = 8/255 (step 0.01 clipped to the ball) over a beta grid; the worst beta
+(highest undetected rate) per variant gives the undetected-rate-vs-FPR curve (white box). Black
+box: the same attack crafted on a ``capsnet`` trained with another seed and measured on the seed-0
+``capsnet`` (Table 7's protocol). The paper's CapsNet reaches 92.2% clean accuracy with the full
+training split on GPUs; ``../shared/data`` holds only CIFAR-10's test split, so the CPU scales train
+on 7,000 of its images (8,000/2,000 split of the test split, 1,000 of the 8,000 for validation:
+``data.cifar10_split_test=true data.val_size=1000``) and test on the other 2,000, for a few epochs:
+the accuracy reached is reported, far below the paper's. ``SCALE=paper`` trains on the real training
+split (download or place ``cifar-10-batches-py``) for 100 epochs, a GPU config aiming at the paper.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import compose, recipe_env_prefix
+from ..io import write_text_atomic
+from ..names import model_name
+from ..reporting.markdown import ci, dur, generation_line, num
+from ..reporting.plots import plot_undetected_vs_fpr_panels
+from ..runs import RunNotFoundError, ensure_run_cfg
+from ..tracking import log_report
+from .cells import Cell, evaluate_cell, iterations, rates_text, resolve_device, results_dir, scale_settings
+from .cells import worst as worst_cell
+from .rows import result_row
+
+VARIANTS = ("capsnet", "capsnet_all", "capsnet_winner")
+
+
+def cifar_run(model: str, scale: str, *, seed: int = 0, runs_root="runs", train: bool = True,
+              data_root: str | None = None, overrides=()):
+    sc = scale_settings(scale, "fig3")
+    ov = list(sc["overrides"]) + list(overrides) + ([f"data.root={data_root}"] if data_root else [])
+    cfg = compose(model, "cifar10", train=sc["train"], seed=seed, overrides=ov)
+    return ensure_run_cfg(cfg, runs_root=runs_root, train=train, data_root=data_root,
+                          shown_overrides=list(sc["overrides"]) + list(overrides))
+
+
+def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="reports", variants=VARIANTS, *, settings: dict | None = None,
+         seed: int = 0, source_seed: int = 1, data_root: str | None = None, train: bool = True,
+         device: str | None = None, progress: bool = False, wandb_log: bool = True, train_overrides=()) -> pd.DataFrame:
+    """Fig. 3 -> ``reports/fig3_cifar10_<scale>.{md,csv}`` and ``reports/figures/fig3_cifar10_<scale>.png``."""
+    t0 = time.perf_counter()
+    sc = dict(settings) if settings is not None else scale_settings(scale, "fig3")
+    device = resolve_device(device)
+    res_dir = results_dir(out_dir, scale)
+    runs = {}
+    for v in variants:
+        r = cifar_run(v, scale, seed=seed, runs_root=runs_root, train=train, data_root=data_root,
+                      overrides=train_overrides)
+        if isinstance(r, str):
+            raise RunNotFoundError(f"fig3: no trained {v} on CIFAR-10; train it with:\n    {r}")
+        runs[v] = r
+    source = cifar_run("capsnet", scale, seed=source_seed, runs_root=runs_root, train=train, data_root=data_root,
+                       overrides=train_overrides)
+    if isinstance(source, str):
+        raise RunNotFoundError(f"fig3: no black-box source (capsnet, seed {source_seed}); train it with:\n    {source}")
+    cells = []
+    for v in variants:
+        for b in sc["betas"]:
+            cells.append(("white", v, Cell(v, "r_pgd", True, float(b))))
+    for b in sc["betas"]:
+        cells.append(("black", "capsnet", Cell("capsnet", "r_pgd", True, float(b))))
+    for i, (box, v, c) in enumerate(cells, 1):
+        tc = time.perf_counter()
+        c.result = evaluate_cell(runs[v], c, "cifar10", sc, attack_seed=0, out_dir=res_dir, device=device,
+                                only_report=False, progress=progress, source=source if box == "black" else None)
+        print(f"[fig3 {scale} {i}/{len(cells)}] {box}-box {v} beta={c.beta:g}: "
+              f"{rates_text(c.result['summary'])} ({dur(time.perf_counter() - tc)})", flush=True)
+    rows = []
+    for box, v, c in cells:
+        r = result_row("fig3", "cifar10", scale, c, runs[v], None, source if box == "black" else None)
+        r.update(box=box, variant=v, clean_test_acc_pct=round(100 * runs[v].summary["test_acc"], 2),
+                 test_size=runs[v].summary.get("test_size"), train_wall_s=runs[v].summary.get("train_wall_s"))
+        rows.append(r)
+    df = pd.DataFrame(rows)
+    worst = {}
+    for box in ("white", "black"):
+        for v in (variants if box == "white" else ("capsnet",)):
+            cs = [c for b, vv, c in cells if b == box and vv == v]
+            worst[(box, v)] = worst_cell(cs)
+    curves_a = {f"{model_name(v)} (beta={worst[('white', v)].beta:g})":
+                (worst[("white", v)].result["summary"]["undetected_vs_fpr"]["fpr"],
+                 worst[("white", v)].result["summary"]["undetected_vs_fpr"]["undetected_rate"]) for v in variants}
+    curves_b = {f"{box}-box (beta={worst[(box, 'capsnet')].beta:g})":
+                (worst[(box, "capsnet")].result["summary"]["undetected_vs_fpr"]["fpr"],
+                 worst[(box, "capsnet")].result["summary"]["undetected_vs_fpr"]["undetected_rate"])
+                for box in ("white", "black")}
+    png = Path(report_dir) / "figures" / f"fig3_cifar10_{scale}.png"
+    plot_undetected_vs_fpr_panels({"(a) white-box R-PGD, three variants": curves_a,
+                                   "(b) CapsNet: white vs black box": curves_b}, png,
+                                  f"CIFAR-10 ({scale}): targeted R-PGD, eps 8/255, worst beta")
+    it = iterations("cifar10", sc["steps"])
+    md = [f"# Fig. 3: CIFAR-10, CapsNet variants against R-PGD (scale `{scale}`)", "",
+          f"Generated by `{recipe_env_prefix()}make reproduce-fig3 SCALE={scale}` (= `lit-caps reproduce fig3 --scale {scale}`). "
+          f"![Fig. 3](figures/{png.name})", "",
+          "**Data and training.** " + ("Only CIFAR-10's test split is on this machine: the models train on 7,000 of "
+                                       "its images, validate (threshold) on 1,000 and are tested on the other 2,000 "
+                                       "(`data.cifar10_split_test=true data.val_size=1000`, a fixed seeded split). "
+                                       if "data.cifar10_split_test=true" in sc["overrides"] else
+                                       "The full training split. ") +
+          f"Epochs: {runs[variants[0]].summary.get('epochs')}. The paper's CapsNet reaches 92.2% clean accuracy; "
+          "ours below is far from it at this scale (CPU, few epochs, 14% of the training data), so these curves "
+          "show the pipeline and the qualitative comparison, not the paper's numbers.", "",
+          f"**Attack.** Targeted R-PGD, eps 8/255, step 0.01 (clipped to the ball), {it} iterations (paper: 200, "
+          f"our Appendix-C-style preset), N = {sc['n']} test images, beta in {', '.join(f'{b:g}' for b in sc['betas'])}; "
+          f"the worst beta (highest undetected rate) of each variant draws its curve. Black box: crafted on a "
+          f"`capsnet` trained with seed {source_seed}, measured on the seed-{seed} `capsnet`.", "",
+          "| box | variant | clean test acc. % | beta | success % [95% CI] | undetected % [95% CI] | best-iterate "
+          "undetected % | ROC-AUC | N | wall time |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['box']} | {model_name(r['variant'])} | {r['clean_test_acc_pct']:.2f} | {r['beta']:g} | "
+                  f"{ci(r, 'success')} | {ci(r, 'undetected')} | {num(r['best_undetected_pct'])} | "
+                  f"{num(r['roc_auc'], '{:.3f}')} | {r['n']} | {dur(r['wall_time_s'] or 0)} |")
+    edge = [f"{box}-box {model_name(v)}" for (box, v), w in worst.items() if w is not None
+            and w.beta == max(sc["betas"]) and len(sc["betas"]) > 1]
+    if edge:
+        md += ["", f"The worst beta is the largest of the grid for: {', '.join(edge)}; a larger beta may be worse still "
+               "(`SCALE=paper` searches 0, 0.1, ..., 1)."]
+    aucs = [r["roc_auc"] for r in rows if r.get("roc_auc") is not None]
+    if aucs and max(aucs) < 0.6:
+        md += ["", f"The detector's ROC-AUC between clean and successful adversarial inputs is {min(aucs):.2f}-"
+               f"{max(aucs):.2f} here (0.5 = chance; below it, the successful adversarial inputs lie *closer* to their "
+               "reconstructions than clean inputs do): at this accuracy the reconstructions are poor for clean inputs, "
+               "and the attack's detector stage pulls the adversarial ones closer, so the detector does not work; the "
+               "paper's comparison of the variants needs models "
+               "near its 92% accuracy (`SCALE=paper`, a GPU and the full training split)."]
+    md += ["", "## Models", "", "| variant | seed | epochs | test acc. % (N test) | train wall time | threshold | "
+           "parameters | run |", "|---|---|---|---|---|---|---|---|"]
+    for v, run in list(runs.items()) + [("capsnet (black-box source)", source)]:
+        s = run.summary
+        md.append(f"| {model_name(v.split()[0])}{' ' + ' '.join(v.split()[1:]) if ' ' in v else ''} | "
+                  f"{s.get('seed')} | {s.get('epochs')} | {100 * s['test_acc']:.2f} ({s.get('test_size')}) | "
+                  f"{dur(s.get('train_wall_s') or 0)} | {run.threshold:.4f} | {s.get('parameters'):,} | "
+                  f"`{Path(s['run_dir']).name}` |")
+    md += ["", generation_line(time.perf_counter() - t0)]
+    stem = f"fig3_cifar10_{scale}"
+    write_text_atomic(Path(report_dir) / f"{stem}.csv", df.to_csv(index=False))
+    write_text_atomic(Path(report_dir) / f"{stem}.md", "\n".join(md) + "\n")
+    print(f"[fig3 {scale}] report: {Path(report_dir) / f'{stem}.md'}", flush=True)
+    if wandb_log:
+        log_report("fig3-cifar10", scale, df.astype(str), {"fig3": png}, {}, res_dir)
+    return df
+
+
+def run(ctx, sc: dict) -> None:
+    """``lit-caps reproduce fig3``: :func:`fig3` (CIFAR-10)."""
+    fig3(ctx.scale, ctx.runs_root, ctx.out_dir, ctx.report_dir, settings=sc, seed=ctx.seed, source_seed=ctx.source_seed,
+         data_root=ctx.data_root, train=ctx.train, device=ctx.device, progress=ctx.progress, wandb_log=ctx.wandb)
