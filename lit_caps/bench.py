@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .attacks import build_attack
 from .config import load_group
-from .evaluation import compiled_forward
+from .evaluation import attack_precision, compiled_forward
 from .io import write_text_atomic
 from .models import build_model, count_parameters, margin_loss
 
@@ -107,10 +107,12 @@ def attack_flops_per_iteration(attack, x, y) -> float:
 
 
 def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batch_size: int = 128,
-                  steps: int = 10, repeats: int = 3, compile: bool = False) -> list[dict]:
+                  steps: int = 10, repeats: int = 3, compile: bool = False,
+                  precisions: tuple = ("fp32",)) -> list[dict]:
     """Image-iterations/s of our PGD and R-PGD and torchattacks' PGD on the same model and batch
     (``steps`` iterations per call, median of ``repeats`` calls; no random start); with ``compile``
-    also our PGD and R-PGD through ``torch.compile``d forwards (compilation in the warm-up, not timed)."""
+    also our PGD and R-PGD through ``torch.compile``d forwards (compilation in the warm-up, not timed);
+    each of ``precisions`` (``bf16``: the attack under bf16 autocast, the evaluation's fast path)."""
     arch = load_group("arch", arch_name)
     torch.manual_seed(0)
     model = build_model(name, **arch).to(device).eval()
@@ -120,14 +122,23 @@ def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batc
     for compiled in (False, True) if compile else (False,):
         # compiled: the same attacks with the forward through torch.compile (compiled in the warm-up)
         with compiled_forward([model], enabled=compiled, force=True):
-            for attack in ("pgd", "r_pgd"):
-                kw = {"beta": 0.5} if attack == "r_pgd" else {}
-                atk = build_attack(attack, model, eps=0.3, step_size=0.01, steps=steps, random_start=False, **kw)
-                t = _timeit(lambda: atk(x, y), repeats, device, warmup=1)
-                flops = None if compiled else attack_flops_per_iteration(atk, x[:8], y[:8]) / 1e6
-                rows.append({"device": device, "arch": arch_name, "model": name,
-                             "attack": f"{attack}_compiled" if compiled else attack,
-                             "img_iter_s": batch_size * steps / t, "mflop_img_iter": flops})
+            for prec in precisions:
+                for attack in ("pgd", "r_pgd"):
+                    kw = {"beta": 0.5} if attack == "r_pgd" else {}
+                    atk = build_attack(attack, model, eps=0.3, step_size=0.01, steps=steps, random_start=False,
+                                       **kw)
+
+                    def call():
+                        with attack_precision(prec, device):
+                            atk(x, y)
+
+                    t = _timeit(call, repeats, device, warmup=1)
+                    flops = None if compiled or prec != "fp32" else \
+                        attack_flops_per_iteration(atk, x[:8], y[:8]) / 1e6
+                    label = attack + ("_compiled" if compiled else "") + ("" if prec == "fp32" else f"_{prec}")
+                    rows.append({"device": device, "arch": arch_name, "model": name, "attack": label, "base": attack,
+                                 "mode": ("compiled " if compiled else "eager ") + prec,
+                                 "img_iter_s": batch_size * steps / t, "mflop_img_iter": flops})
     try:
         import torchattacks
     except Exception:  # noqa: BLE001 - optional dev dependency
@@ -144,7 +155,7 @@ def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batc
     ta = torchattacks.PGD(Logits(model), eps=0.3, alpha=0.01, steps=steps, random_start=False)
     t = _timeit(lambda: ta(x, y), repeats, device, warmup=1)
     rows.append({"device": device, "arch": arch_name, "model": name, "attack": "torchattacks_pgd",
-                 "img_iter_s": batch_size * steps / t, "mflop_img_iter": None})
+                 "mode": "eager fp32", "img_iter_s": batch_size * steps / t, "mflop_img_iter": None})
     return rows
 
 
@@ -183,16 +194,17 @@ def main(args) -> int:
         for device in devices:
             for model in args.models:
                 arows += bench_attacks(model, "mnist", device, args.batch_size, args.attack_steps,
-                                       compile=getattr(args, "compile", False))
+                                       compile=getattr(args, "compile", False),
+                                       precisions=tuple(getattr(args, "precisions", None) or ("fp32",)))
         by = {(r["device"], r["model"], r["attack"]): r for r in arows}
         for r in arows:
             pgd = by[(r["device"], r["model"], "pgd")]
-            ref = by.get((r["device"], r["model"], "pgd_compiled")) if r["attack"] == "r_pgd_compiled" else pgd
+            ref = by.get((r["device"], r["model"], r["attack"].replace("r_pgd", "pgd", 1)), pgd)
             r["vs_our_pgd"] = (f"{ref['img_iter_s'] / r['img_iter_s']:.2f}x time"
-                               if r["attack"] in ("r_pgd", "r_pgd_compiled") else "")
-            if r["attack"].endswith("_compiled"):
-                eager = by[(r["device"], r["model"], r["attack"][:-len("_compiled")])]
-                r["vs_our_pgd"] += f"{'; ' if r['vs_our_pgd'] else ''}{r['img_iter_s'] / eager['img_iter_s']:.2f}x eager speed"
+                               if r["attack"].startswith("r_pgd") else "")
+            base = by.get((r["device"], r["model"], r.get("base", "")))
+            r["vs_eager_fp32"] = (f"{r['img_iter_s'] / base['img_iter_s']:.2f}x eager fp32"
+                                  if base is not None and base is not r else "")
             r["flops_vs_pgd"] = (f"{r['mflop_img_iter'] / pgd['mflop_img_iter']:.2f}x"
                                  if r["attack"] == "r_pgd" else "")
             ta = by.get((r["device"], r["model"], "torchattacks_pgd"))
@@ -201,15 +213,16 @@ def main(args) -> int:
         for r in arows:
             r["mflop_img_iter"] = "" if r["mflop_img_iter"] is None else f"{r['mflop_img_iter']:.2f}"
         out += ["\n## Attack throughput on the default MNIST config (image-iterations/s)\n",
-                format_table(arows, ["device", "arch", "model", "attack", "img_iter_s", "vs_our_pgd", "mflop_img_iter",
-                                    "flops_vs_pgd", "vs_torchattacks"]),
+                format_table(arows, ["device", "arch", "model", "attack", "mode", "img_iter_s", "vs_eager_fp32",
+                                    "vs_our_pgd", "mflop_img_iter", "flops_vs_pgd", "vs_torchattacks"]),
                 "\n`mflop_img_iter`: matmul and convolution MFLOPs of one iteration per image, forward and "
                 "backward, counted with torch's FLOP formulas; `flops_vs_pgd` is R-PGD's FLOP ratio to PGD, "
                 "the time ratio an implementation without other overheads would reach. R-PGD needs two "
                 "forward/backward passes through the classifier (one per stage) plus the decoder's forward "
                 "and backward in stage 2. `*_compiled` rows (`--compile`): the same attack with the model's "
-                "forward through torch.compile (as paper-scale runs use it; compilation not timed); "
-                "`x eager speed` compares with the eager row."]
+                "forward through torch.compile (as paper-scale runs use it; compilation not timed); `*_bf16` "
+                "rows: the attack under bf16 autocast (the evaluation's fast path, `precision: bf16`); "
+                "`vs_eager_fp32` compares with the eager fp32 row of the same attack, measured in the same run."]
         print("\n".join(out[-3:]))
     if args.out:
         from pathlib import Path

@@ -142,6 +142,26 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def cmd_fastpath(args) -> int:
+    from .validate import check_model, check_positive_int, check_writable
+
+    for m in args.models:
+        check_model(m)
+    check_positive_int("--n", args.n)
+    check_positive_int("--steps", args.steps)
+    for flag, path in (("--out", args.out), ("--reports", args.reports)):
+        check_writable(path, flag)
+    import torch
+
+    from .fastpath import fastpath_check
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fastpath_check(tuple(args.models), n=args.n, steps=args.steps, runs_root=args.runs, out_dir=args.out,
+                   report_dir=args.reports, only_report=args.only_report, data_root=args.data_root)
+    return 0
+
+
 def cmd_report(args) -> int:
     from .experiments.table4 import clean_error_report
 
@@ -275,8 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="add PGD and R-PGD through torch.compile'd forwards (as the paper-scale runs use them; "
                         "compile time is excluded, ~1 min per model)")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                   help="attack precisions to time (bf16: autocast, the evaluation's fast path)")
     p.add_argument("--out", default=None, help="also write the tables as Markdown to this file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("fastpath-check", help="the attack fast path (bf16) against fp32 on the same images")
+    p.add_argument("--models", nargs="+", default=["capsnet", "cnn_cr", "cnn_r"], help="the models to compute")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--out", default="results/fastpath")
+    p.add_argument("--reports", default="reports")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--only-report", action="store_true", help="compute nothing; the report from what exists")
+    p.set_defaults(func=cmd_fastpath)
 
     p = sub.add_parser("report", help="write a report under reports/ from finished runs")
     p.add_argument("what", choices=["clean-error"])

@@ -64,6 +64,8 @@ def test_bench_runs_and_writes_tables(tmp_path):
     text = out.read_text()
     assert "| cpu | mnist | cnn_r | 2167400 | 128 |" in text
     assert "torchattacks_pgd" in text and "| cnn_r | r_pgd |" in text
+    # the fast path's rows, with their ratio to the eager fp32 row of the same run
+    assert "| cnn_r | pgd_bf16 | eager bf16 |" in text and "x eager fp32 |" in text
 
 
 def test_attack_flop_count_matches_the_layer_arithmetic():

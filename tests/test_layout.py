@@ -33,7 +33,7 @@ LAYERS = [
     ("evaluation",),
     ("store",),
     ("runs", "trust"),
-    ("bench", "sweeps"),
+    ("bench", "sweeps", "fastpath"),
     ("experiments",),
     ("store_commands", "sweep_commands"),
     ("cli",),

@@ -15,7 +15,7 @@ Modules (each imports its siblings directly, never through this package):
 from .chunks import chunk_seed, load_examples, run_chunk, subset_positions
 from .claims import ChunkClaim, claim_heartbeat_s, claim_status, claim_ttl_s
 from .evaluate import evaluate_attack
-from .forward import compile_requested, compiled_forward, predict_batched
+from .forward import PRECISIONS, attack_precision, compile_requested, compiled_forward, precision_requested, predict_batched
 from .results import (EXAMPLE_FIELDS, SCHEMA, chunk_dir, ensure_writable, find_results, load_result, model_hash,
                       parse_result, parse_result_name, result_name, result_path, results_frame, settings_hash,
                       store_of, tensor_sha)
@@ -23,7 +23,7 @@ from .settings import is_unbounded, resolve_attack_settings
 from .summary import summarize
 
 __all__ = [
-    "EXAMPLE_FIELDS", "SCHEMA", "ChunkClaim", "chunk_dir", "chunk_seed", "claim_heartbeat_s", "claim_status",
+    "EXAMPLE_FIELDS", "PRECISIONS", "SCHEMA", "attack_precision", "precision_requested", "ChunkClaim", "chunk_dir", "chunk_seed", "claim_heartbeat_s", "claim_status",
     "claim_ttl_s", "compile_requested", "compiled_forward", "ensure_writable", "evaluate_attack", "find_results",
     "is_unbounded", "load_examples", "load_result", "model_hash", "parse_result", "parse_result_name",
     "predict_batched", "resolve_attack_settings", "result_name", "result_path", "results_frame", "run_chunk",

@@ -35,7 +35,7 @@ from torch import Tensor
 from .. import io
 from ..detection import attack_outcomes
 from .claims import HOST
-from .forward import predict
+from .forward import attack_precision, predict
 from .results import EXAMPLE_FIELDS
 
 
@@ -75,20 +75,22 @@ def _as_result(res, x: Tensor):
 
 
 def run_chunk(model, attack, x: Tensor, y: Tensor, index: Tensor, target: Tensor | None, *, threshold: float,
-              seed: int, chunk_id: int, device, trust_best_flag: bool = True) -> dict:
+              seed: int, chunk_id: int, device, trust_best_flag: bool = True, precision: str = "fp32") -> dict:
     """Attack one chunk and measure everything with ``model`` (the target: for a transfer attack
     ``attack`` was built on another model); returns per-example CPU tensors (EXAMPLE_FIELDS).
 
     The attack's best iterate ``x_best`` (if any) is re-measured on ``model``; a bare
     ``best_undetected`` flag without ``x_best`` is used only if ``trust_best_flag`` (it describes the
-    model the attack ran on, so never for transfer attacks)."""
+    model the attack ran on, so never for transfer attacks). ``precision``: the attack's iterations
+    run under :func:`~lit_caps.evaluation.forward.attack_precision` (its decisions: steps, best-iterate
+    bookkeeping); everything returned is measured here in fp32."""
     x, y = x.to(device), y.to(device)
     t = target.to(device) if target is not None else None
     clean_pred, clean_dist = predict(model, x)
     devices = [device] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(chunk_seed(seed, chunk_id))
-        with torch.enable_grad():
+        with torch.enable_grad(), attack_precision(precision, device):
             res = attack(x, y, t)
     x_adv, best_flag, x_best, iters = _as_result(res, x)
     x_adv = x_adv.detach().to(device)

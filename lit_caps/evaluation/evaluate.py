@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..validate import check_attack_args
 from .chunks import ChunkStore, subset_positions
+from .forward import precision_requested
 from .results import (chunk_dir, ensure_writable, jsonable, load_result, model_hash, result_name, result_path,
                       settings_hash, tensor_sha, write_result)
 from .reuse import cached_result, keep_superseded, restore_superseded
@@ -61,6 +62,7 @@ def evaluate_attack(
     source_name: str | None = None,
     only_cached: bool = False,
     compile: bool | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Attack a fixed seeded subset of ``dataset`` and write/return the result (see :mod:`lit_caps.evaluation`).
 
@@ -102,6 +104,11 @@ def evaluate_attack(
             "chunks_total", "chunks_done", "stale"}`` (``stale``: a result file from other settings is there).
         compile: attack through ``torch.compile``d forwards (:func:`compiled_forward`); None reads
             ``LIT_CAPS_COMPILE``. Recorded per chunk, not part of the identity.
+        precision: ``fp32`` or ``bf16`` (the fast path: the attack's iterations under bf16 autocast,
+            :func:`~lit_caps.evaluation.forward.attack_precision`); None reads ``LIT_CAPS_PRECISION``
+            (default fp32). The attack's decisions may use it; every reported number is measured in
+            fp32 on the final and the best iterate. A non-fp32 precision is part of the identity
+            (``settings.precision``) and of the name (``-bf16``); fp32 results are what they were.
 
     Returns the result dict (``status == "complete"``; ``path`` and the settings' checkpoint paths
     are where the file was found, see :func:`parse_result`), or, on a rank that cannot assemble yet,
@@ -115,6 +122,7 @@ def evaluate_attack(
     eps = attack_settings["eps"]
     preset_beta = attack_settings.pop("beta", None)  # beta is its own setting (and part of the name)
     beta = preset_beta if beta is None else beta
+    precision = precision_requested(precision)
     positions = subset_positions(len(dataset), n, seed)
     if len(positions) == 0:
         raise ValueError("nothing to evaluate: the dataset (or n) is empty")
@@ -127,8 +135,9 @@ def evaluate_attack(
         attack_name=attack_name, targeted=targeted, beta=beta, eps=eps, attack_settings=attack_settings,
         threshold=threshold, fpr=fpr, n_eff=len(positions), n_dataset=len(dataset), seed=seed,
         chunk_size=chunk_size, checkpoint=checkpoint, source_name=source_name, attack_threshold=attack_threshold,
-        source_checkpoint=source_checkpoint)
+        source_checkpoint=source_checkpoint, precision=precision)
     job = _job(cfg, src_hash, attack_name=attack_name, targeted=targeted, eps=eps, beta=beta, seed=seed,
+               precision=precision,
                positions=positions, chunk_size=chunk_size, out_dir=out_dir, dataset_name=dataset_name,
                model_name=model_name)
 
@@ -143,7 +152,7 @@ def evaluate_attack(
         ensure_writable(job.store.cdir, root=out_dir)
         worker = ChunkWorker(model, attacked, dataset, attack_name, attack_fn, attack_settings, dev, eps, beta,
                              targeted, attack_threshold, threshold, seed, positions, job.store.chunks, chunk_size,
-                             job.shash, compile, trust_best_flag=source_model is None)
+                             job.shash, compile, trust_best_flag=source_model is None, precision=precision)
         _compute(job.store, mine, todo, worker, progress=progress, claim_wait_s=claim_wait_s,
                  desc=f"{model_name}/{job.name}", label=f"{dataset_name}/{model_name}/{job.name}")
     return _finish(job, rank=rank, world_size=world_size, wait_s=wait_s, out_dir=out_dir, val=val, dev=dev)
@@ -172,7 +181,7 @@ def _check_args(*, beta, eps, n, chunk_size, rank, world_size) -> None:
 
 def _settings_record(model, source_model, attack_fn, val: Tensor, *, dataset_name, model_name, attack_name, targeted,
                      beta, eps, attack_settings, threshold, fpr, n_eff, n_dataset, seed, chunk_size, checkpoint,
-                     source_name, attack_threshold, source_checkpoint) -> tuple[dict, str | None]:
+                     source_name, attack_threshold, source_checkpoint, precision="fp32") -> tuple[dict, str | None]:
     """The result's ``settings`` (JSON-safe; all but the checkpoint paths are its identity) and the
     source model's hash (None unless a black-box transfer)."""
     cfg = {
@@ -184,6 +193,8 @@ def _settings_record(model, source_model, attack_fn, val: Tensor, *, dataset_nam
         "seed": int(seed), "target_seed": int(seed) if targeted else None, "chunk_size": int(chunk_size),
         "model_hash": model_hash(model), "checkpoint": None if checkpoint is None else str(checkpoint),
     }
+    if precision != "fp32":  # only then: fp32 identities (hashes of old results) unchanged
+        cfg["precision"] = precision
     src_hash = None
     if source_model is not None:  # only then: white-box identities (hashes of old results) unchanged
         src_hash = model_hash(source_model)
@@ -193,10 +204,11 @@ def _settings_record(model, source_model, attack_fn, val: Tensor, *, dataset_nam
 
 
 def _job(cfg: dict, src_hash: str | None, *, attack_name, targeted, eps, beta, seed, positions, chunk_size, out_dir,
-         dataset_name, model_name) -> _Job:
+         dataset_name, model_name, precision="fp32") -> _Job:
     """Name, result path and chunk store of the evaluation with these settings."""
     shash = settings_hash(cfg)
-    name = result_name(attack_name, targeted, eps, len(positions), seed, beta, source_hash=src_hash)
+    name = result_name(attack_name, targeted, eps, len(positions), seed, beta, source_hash=src_hash,
+                       precision=precision)
     chunks = [positions[i:i + chunk_size] for i in range(0, len(positions), chunk_size)]
     store = ChunkStore(chunk_dir(out_dir, dataset_name, model_name, name, shash),
                        chunk_dir(out_dir, dataset_name, model_name, name), shash, chunks)

@@ -79,6 +79,7 @@ def assemble(blobs, cfg, shash, name, path, val, world_size, dev, chunk_paths) -
         "torch_version": pick("torch_version", str(torch.__version__)),
         "device": _most_common(devices, str(dev)), "devices": sorted({d for d in devices if d is not None}),
         "compiled_chunks": sum(bool(b.get("compiled")) for b in blobs), "world_size": world_size,
+        "precision": cfg.get("precision", "fp32"),
         "wall_time_s": sum(chunk_times), "chunk_wall_time_s": chunk_times,
         "finished_at": iso_time(max(finished)), "lit_caps_version": pick("lit_caps_version", lit_caps_version()),
         "host": pick("host", socket.gethostname()), "python": pick("python", platform.python_version()),

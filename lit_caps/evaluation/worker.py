@@ -22,7 +22,8 @@ class ChunkWorker:
     :meth:`close`."""
 
     def __init__(self, model, attacked, dataset, attack_name, attack_fn, attack_settings, dev, eps, beta, targeted,
-                 attack_threshold, threshold, seed, positions, chunks, chunk_size, shash, compile, trust_best_flag):
+                 attack_threshold, threshold, seed, positions, chunks, chunk_size, shash, compile, trust_best_flag,
+                 precision="fp32"):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.stack = contextlib.ExitStack()
@@ -59,7 +60,8 @@ class ChunkWorker:
         t = self.targets[c * cs: c * cs + len(pos)] if self.targets is not None else None
         started, t0 = time.time(), time.perf_counter()
         rec = run_chunk(self.model, self.attack, x, y, idx, t, threshold=float(self.threshold), seed=int(self.seed),
-                        chunk_id=c, device=self.dev, trust_best_flag=self.trust_best_flag)
+                        chunk_id=c, device=self.dev, trust_best_flag=self.trust_best_flag,
+                        precision=self.precision)
         wall = time.perf_counter() - t0
         finished = time.time()
         write_chunk(path, settings_hash=self.shash, chunk_id=c, positions=pos, records=rec, device=self.dev,

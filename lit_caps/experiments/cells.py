@@ -21,7 +21,7 @@ import torch
 from .. import store
 from ..attacks import CW_SETTINGS, ITERATIONS
 from ..config import scale_section
-from ..evaluation import compile_requested, evaluate_attack
+from ..evaluation import compile_requested, evaluate_attack, precision_requested
 from ..names import dataset_name
 from ..reporting.markdown import dur
 from ..runs import LoadedRun, RunNotFoundError, find_run, fit_command, load_trained
@@ -131,7 +131,8 @@ def evaluate_cell(run: LoadedRun, cell: Cell, dataset: str, sc: dict, *, attack_
             val_distances=run.val_distances, settings=attack_settings(dataset, cell.attack, sc) or None,
             out_dir=out_dir, chunk_size=sc["chunk_size"], device=device, progress=progress, fpr=run.fpr,
             checkpoint=run.checkpoint, only_cached=only_report,
-            compile=compile_requested(None, default=sc.get("compile", False)), **kw)
+            compile=compile_requested(None, default=sc.get("compile", False)),
+            precision=precision_requested(None, default=sc.get("precision", "fp32")), **kw)
 
 
 def label(cell: Cell) -> str:

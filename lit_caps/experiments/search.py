@@ -25,18 +25,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..evaluation import find_results
+from ..evaluation import find_results, precision_requested
 from ..runs import LoadedRun
 from ..reporting.markdown import dur
 from .cells import Cell, evaluate_cell, label, rates_text, worst
 
 
 def discover_betas(out_dir, dataset: str, model: str, attack: str, targeted: bool, eps: float, n: int,
-                   seed: int) -> list[float]:
+                   seed: int, precision: str = "fp32") -> list[float]:
     """Betas with a result file of this (attack, targeted, eps, n, seed) under ``out_dir`` (white-box
     only): those written by sweep agents or ``lit-caps attack``. Whether their settings match is
     checked when they are read (a file from other settings is not used)."""
-    found = find_results(out_dir, dataset, model, attack=attack, targeted=targeted, eps=eps, n=n, seed=seed)
+    found = find_results(out_dir, dataset, model, attack=attack, targeted=targeted, eps=eps, n=n, seed=seed,
+                         precision=precision)
     return sorted({round(float(b), 6) for b, _ in found if b is not None})
 
 
@@ -129,7 +130,8 @@ def search_beta(run, search: Search, sc: dict, *, out_dir, device, attack_seed: 
     eps = next((c.result["settings"]["eps"] for c in search.cells.values() if c.result and c.result.get("settings")),
                None)
     if eps is not None:  # read (never compute) the other betas that agents / sweeps finished
-        for b in discover_betas(out_dir, ds, m, a, t, eps, sc["n"], attack_seed):
+        precision = precision_requested(None, default=sc.get("precision", "fp32"))
+        for b in discover_betas(out_dir, ds, m, a, t, eps, sc["n"], attack_seed, precision):
             if b not in search.cells:
                 c = Cell(m, a, t, b)
                 c.result = evaluate_cell(run, c, ds, sc, attack_seed=attack_seed, out_dir=out_dir, device=device,

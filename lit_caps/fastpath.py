@@ -1,0 +1,134 @@
+"""The attack fast path's equality check: is bf16 autocast of the attack's iterations the same
+measurement as fp32?
+
+For each model, attack (PGD; R-PGD at beta 0.5) and targeting, the same seeded N test images are
+attacked twice through :func:`lit_caps.evaluation.evaluate_attack`, once with ``precision="fp32"``
+and once with ``"bf16"`` (the attack's steps and best-iterate bookkeeping under bf16 autocast; every
+reported number measured in fp32). The fast path passes a cell when its success, undetected and
+best-iterate undetected rates fall inside the 95% Wilson intervals of the fp32 attack on the same
+images. Defaults: the committed MNIST models, N = 500, 200 iterations, eps 0.3, step 0.01.
+
+    lit-caps fastpath-check [--models capsnet] [--only-report]   ->  reports/fastpath_check.{md,csv}
+
+Each (model, attack, targeting, precision) is one resumable result file under ``--out``
+(``results/fastpath`` by default), so the check can run as several processes (e.g. one per model)
+and ``--only-report`` assembles the report from what they left.
+"""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+
+from .evaluation import evaluate_attack
+from .names import attack_name, dataset_name, model_name
+from .reporting.markdown import dur, generation_line, write_report
+from .runs import RunNotFoundError, find_run, load_trained
+
+MODELS = ("capsnet", "cnn_cr", "cnn_r")
+ATTACKS = (("pgd", None), ("r_pgd", 0.5))
+RATES = ("success", "undetected", "best_undetected")
+
+
+def _cell(run, dataset, attack, beta, targeted, precision, *, n, steps, out_dir, device, only_report) -> dict:
+    with torch.inference_mode(False):
+        return evaluate_attack(
+            run.model, run.test_set, attack, dataset_name=dataset, model_name=run.name, targeted=targeted, eps=None,
+            beta=beta, seed=0, n=n, threshold=run.threshold, val_distances=run.val_distances,
+            settings={"steps": steps}, out_dir=out_dir, chunk_size=100, device=device, progress=False, fpr=run.fpr,
+            checkpoint=run.checkpoint, only_cached=only_report, compile=False, precision=precision)
+
+
+def _row(model, attack, beta, targeted, fp, bf, run) -> dict:
+    row = {"model": model, "attack": attack, "beta": beta, "targeted": targeted, "model_hash": run.model_hash,
+           "status": "complete" if fp.get("status") == bf.get("status") == "complete" else "pending"}
+    if row["status"] != "complete":
+        return row
+    ok = True
+    for k in RATES:
+        f, b = fp["summary"], bf["summary"]
+        lo, hi = f[f"{k}_ci"] if f"{k}_ci" in f else (None, None)
+        row.update({f"fp32_{k}_pct": round(100 * f[f"{k}_rate"], 1), f"bf16_{k}_pct": round(100 * b[f"{k}_rate"], 1)})
+        if lo is not None:
+            row.update({f"fp32_{k}_ci_lo": round(100 * lo, 1), f"fp32_{k}_ci_hi": round(100 * hi, 1)})
+            inside = lo - 1e-12 <= b[f"{k}_rate"] <= hi + 1e-12
+            row[f"{k}_inside"] = bool(inside)
+            ok = ok and inside
+    row.update(passes=ok, n=fp["summary"]["n"], steps=fp["settings"]["attack_settings"].get("steps"),
+               fp32_wall_s=round(fp["run"]["wall_time_s"], 1), bf16_wall_s=round(bf["run"]["wall_time_s"], 1),
+               speedup=round(fp["run"]["wall_time_s"] / max(bf["run"]["wall_time_s"], 1e-9), 2),
+               same_adv_pred_pct=round(100 * sum(a == b for a, b in zip(fp["examples"]["adv_pred"],
+                                                                         bf["examples"]["adv_pred"])) / fp["summary"]["n"], 1),
+               device=fp["run"]["device"], fp32_result=fp["path"], bf16_result=bf["path"])
+    return row
+
+
+def fastpath_check(models=MODELS, dataset: str = "mnist", *, n: int = 500, steps: int = 200, runs_root="runs",
+                   out_dir="results/fastpath", report_dir="reports", only_report: bool = False,
+                   device: str | None = None, data_root: str | None = None) -> pd.DataFrame:
+    """Run (or, ``only_report``, read) the fp32 and bf16 cells of ``models`` and write
+    ``<report_dir>/fastpath_check.{md,csv}`` over every model of :data:`MODELS` (the others pending)."""
+    t0 = time.perf_counter()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for m in MODELS:
+        try:
+            run = load_trained(find_run(runs_root, dataset, m, 0), data_root)
+        except RunNotFoundError:
+            if m in models:
+                raise
+            rows += [{"model": m, "attack": a, "beta": b, "targeted": t, "status": "pending (no model)"}
+                     for a, b in ATTACKS for t in (True, False)]
+            continue
+        for attack, beta in ATTACKS:
+            for targeted in (True, False):
+                res = {}
+                for prec in ("fp32", "bf16"):
+                    tc = time.perf_counter()
+                    res[prec] = _cell(run, dataset, attack, beta, targeted, prec, n=n, steps=steps, out_dir=out_dir,
+                                      device=device, only_report=only_report or m not in models)
+                    if not only_report and m in models:
+                        s = res[prec]["summary"]
+                        print(f"[fastpath {dataset}] {m} {attack} {'targeted' if targeted else 'untargeted'} {prec}: "
+                              f"success {100 * s['success_rate']:.1f}%, undetected {100 * s['undetected_rate']:.1f}% "
+                              f"({dur(time.perf_counter() - tc)})", flush=True)
+                rows.append(_row(m, attack, beta, targeted, res["fp32"], res["bf16"], run))
+    return _report(rows, dataset, n, steps, report_dir, time.perf_counter() - t0)
+
+
+def _report(rows, dataset, n, steps, report_dir, elapsed) -> pd.DataFrame:
+    done = [r for r in rows if r["status"] == "complete"]
+    md = ["# The attack fast path (bf16 autocast) against fp32", "",
+          f"Generated by `lit-caps fastpath-check` (= `make fastpath-check`). {dataset_name(dataset)}, the committed "
+          f"default models, N = {n} seeded test images (the same for both precisions), {steps} iterations, eps 0.3, "
+          "step 0.01, attack seed 0, R-PGD at beta 0.5. `fp32`: the attack as it runs by default; `bf16`: its "
+          "iterations (steps, best-iterate bookkeeping) under `torch.autocast(bfloat16)`; every number below is "
+          "measured in fp32 on the final and the best iterate. A cell **passes** when the bf16 success, undetected "
+          "and best-iterate undetected rates all fall inside the fp32 attack's 95% Wilson interval. "
+          f"{len(done)}/{len(rows)} cells finished.", "",
+          "| model | attack | targeted | success % fp32 [95% CI] | bf16 | undetected % fp32 [95% CI] | bf16 | "
+          "best-iterate undetected % fp32 [95% CI] | bf16 | same final prediction % | passes | wall time fp32 / bf16 | "
+          "speed-up |", "|" + "---|" * 13]
+    for r in rows:
+        head = f"| {model_name(r['model'])} | {attack_name(r['attack'])} | {'yes' if r['targeted'] else 'no'} |"
+        if r["status"] != "complete":
+            md.append(head + f" {r['status']} |" + " |" * 9)
+            continue
+        cells = []
+        for k in RATES:
+            cells += [f"{r[f'fp32_{k}_pct']:.1f} [{r[f'fp32_{k}_ci_lo']:.1f}, {r[f'fp32_{k}_ci_hi']:.1f}]",
+                      f"{r[f'bf16_{k}_pct']:.1f}" + ("" if r[f"{k}_inside"] else " (outside)")]
+        md.append(head + " " + " | ".join(cells) + f" | {r['same_adv_pred_pct']:.1f} | {'yes' if r['passes'] else 'no'} | "
+                  f"{dur(r['fp32_wall_s'])} / {dur(r['bf16_wall_s'])} | {r['speedup']:.2f}x |")
+    if done:
+        by = {}
+        for r in done:
+            by.setdefault(r["model"], []).append(r["passes"])
+        md += ["", "**Verdict per model** (all four cells must pass): " + "; ".join(
+            f"{model_name(m)}: {'passes' if all(v) else 'fails'} ({sum(v)}/{len(v)})" for m, v in by.items()) + "."]
+        devs = sorted({r["device"] for r in done})
+        md += ["", f"Wall times as recorded in the result files (device {', '.join(devs)}; this CPU was shared with "
+               "other jobs, so the speed-ups here are indicative; `make bench` measures throughput in one run)."]
+    md += ["", generation_line(elapsed)]
+    return write_report(report_dir, "fastpath_check", rows, md)
