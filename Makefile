@@ -75,12 +75,15 @@ reproduce-table4 clean-error: $(PY)
 reports: $(PY)
 	$(VENV)/bin/lit-caps report clean-error --runs runs --out reports
 	$(VENV)/bin/lit-caps reproduce table3 --scale quick --only-report --no-wandb
+	$(VENV)/bin/lit-caps fastpath-check --only-report
+	$(VENV)/bin/lit-caps fastpath-check --only-report --compile
 
 check-reports: reports
 	@git diff --exit-code -I '^Report written ' --stat -- reports/ && test -z "$$(git status --porcelain -- reports/ | grep '^??')" \
 	  && echo "check-reports: every committed report was rewritten from the committed store unchanged"
 
 # The attack fast path (bf16 autocast) against fp32 on the same images (N=500, 200 iterations, 3 MNIST models)
+# (ARGS=--compile: the bf16 side through torch.compile'd forwards -> reports/fastpath_check_compiled.md)
 .PHONY: fastpath-check
 fastpath-check: $(PY)
 	$(VENV)/bin/lit-caps fastpath-check $(ARGS)

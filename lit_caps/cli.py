@@ -158,7 +158,8 @@ def cmd_fastpath(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     fastpath_check(tuple(args.models), n=args.n, steps=args.steps, runs_root=args.runs, out_dir=args.out,
-                   report_dir=args.reports, only_report=args.only_report, data_root=args.data_root)
+                   report_dir=args.reports, only_report=args.only_report, data_root=args.data_root,
+                   compile=args.compile)
     return 0
 
 
@@ -305,11 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--runs", default="runs")
-    p.add_argument("--out", default="results/fastpath")
+    p.add_argument("--out", default="results", help="results root (files under <out>/fastpath)")
     p.add_argument("--reports", default="reports")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--only-report", action="store_true", help="compute nothing; the report from what exists")
+    p.add_argument("--compile", action="store_true", help="the bf16 side through torch.compile'd forwards")
     p.set_defaults(func=cmd_fastpath)
 
     p = sub.add_parser("report", help="write a report under reports/ from finished runs")

@@ -10,17 +10,20 @@ images. Defaults: the committed MNIST models, N = 500, 200 iterations, eps 0.3, 
 
     lit-caps fastpath-check [--models capsnet] [--only-report]   ->  reports/fastpath_check.{md,csv}
 
-Each (model, attack, targeting, precision) is one resumable result file under ``--out``
-(``results/fastpath`` by default), so the check can run as several processes (e.g. one per model)
+Each (model, attack, targeting, precision) is one resumable result file under ``<--out>/fastpath``
+(``results/fastpath`` by default; committed with ``lit-caps store save``), so the check can run as several processes (e.g. one per model)
 and ``--only-report`` assembles the report from what they left.
 """
 from __future__ import annotations
 
 import time
 
+from pathlib import Path
+
 import pandas as pd
 import torch
 
+from . import store
 from .evaluation import evaluate_attack
 from .names import attack_name, dataset_name, model_name
 from .reporting.markdown import dur, generation_line, write_report
@@ -31,13 +34,14 @@ ATTACKS = (("pgd", None), ("r_pgd", 0.5))
 RATES = ("success", "undetected", "best_undetected")
 
 
-def _cell(run, dataset, attack, beta, targeted, precision, *, n, steps, out_dir, device, only_report) -> dict:
+def _cell(run, dataset, attack, beta, targeted, precision, *, n, steps, out_dir, device, only_report,
+          compile: bool = False) -> dict:
     with torch.inference_mode(False):
         return evaluate_attack(
             run.model, run.test_set, attack, dataset_name=dataset, model_name=run.name, targeted=targeted, eps=None,
             beta=beta, seed=0, n=n, threshold=run.threshold, val_distances=run.val_distances,
             settings={"steps": steps}, out_dir=out_dir, chunk_size=100, device=device, progress=False, fpr=run.fpr,
-            checkpoint=run.checkpoint, only_cached=only_report, compile=False, precision=precision)
+            checkpoint=run.checkpoint, only_cached=only_report, compile=compile, precision=precision)
 
 
 def _row(model, attack, beta, targeted, fp, bf, run) -> dict:
@@ -65,11 +69,17 @@ def _row(model, attack, beta, targeted, fp, bf, run) -> dict:
 
 
 def fastpath_check(models=MODELS, dataset: str = "mnist", *, n: int = 500, steps: int = 200, runs_root="runs",
-                   out_dir="results/fastpath", report_dir="reports", only_report: bool = False,
-                   device: str | None = None, data_root: str | None = None) -> pd.DataFrame:
-    """Run (or, ``only_report``, read) the fp32 and bf16 cells of ``models`` and write
-    ``<report_dir>/fastpath_check.{md,csv}`` over every model of :data:`MODELS` (the others pending)."""
+                   out_dir="results", report_dir="reports", only_report: bool = False,
+                   device: str | None = None, data_root: str | None = None, compile: bool = False) -> pd.DataFrame:
+    """Run (or, ``only_report``, read) the fp32 and bf16 cells of ``models`` (result files under
+    ``<out_dir>/fastpath``; the committed store's come back first) and write
+    ``<report_dir>/fastpath_check.{md,csv}`` over every model of :data:`MODELS` (the others pending).
+    ``compile``: the bf16 side through ``torch.compile``d forwards (CapsNet only: the CNNs are never
+    compiled), against the same eager fp32 cells; its results under ``<out_dir>/fastpath_compiled``
+    (compilation is not part of a result's identity) and its report ``fastpath_check_compiled.*``."""
     t0 = time.perf_counter()
+    store.restore_results(out_dir)  # a fresh clone: the committed results come back first
+    eager, compiled = Path(out_dir) / "fastpath", Path(out_dir) / "fastpath_compiled"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for m in MODELS:
@@ -81,26 +91,31 @@ def fastpath_check(models=MODELS, dataset: str = "mnist", *, n: int = 500, steps
             rows += [{"model": m, "attack": a, "beta": b, "targeted": t, "status": "pending (no model)"}
                      for a, b in ATTACKS for t in (True, False)]
             continue
+        comp = compile and bool(getattr(run.model, "compile_helps", False))  # the CNNs: never compiled
+        dirs = {"fp32": eager, "bf16": compiled if comp else eager}
         for attack, beta in ATTACKS:
             for targeted in (True, False):
                 res = {}
                 for prec in ("fp32", "bf16"):
                     tc = time.perf_counter()
-                    res[prec] = _cell(run, dataset, attack, beta, targeted, prec, n=n, steps=steps, out_dir=out_dir,
-                                      device=device, only_report=only_report or m not in models)
+                    res[prec] = _cell(run, dataset, attack, beta, targeted, prec, n=n, steps=steps,
+                                      out_dir=dirs[prec], device=device, only_report=only_report or m not in models,
+                                      compile=comp and prec == "bf16")
                     if not only_report and m in models:
                         s = res[prec]["summary"]
                         print(f"[fastpath {dataset}] {m} {attack} {'targeted' if targeted else 'untargeted'} {prec}: "
                               f"success {100 * s['success_rate']:.1f}%, undetected {100 * s['undetected_rate']:.1f}% "
                               f"({dur(time.perf_counter() - tc)})", flush=True)
                 rows.append(_row(m, attack, beta, targeted, res["fp32"], res["bf16"], run))
-    return _report(rows, dataset, n, steps, report_dir, time.perf_counter() - t0)
+    return _report(rows, dataset, n, steps, report_dir, time.perf_counter() - t0, compile)
 
 
-def _report(rows, dataset, n, steps, report_dir, elapsed) -> pd.DataFrame:
+def _report(rows, dataset, n, steps, report_dir, elapsed, compile=False) -> pd.DataFrame:
     done = [r for r in rows if r["status"] == "complete"]
-    md = ["# The attack fast path (bf16 autocast) against fp32", "",
-          f"Generated by `lit-caps fastpath-check` (= `make fastpath-check`). {dataset_name(dataset)}, the committed "
+    how = "compiled bf16 (`torch.compile`d forwards, CapsNet only; the CNNs run eagerly)" if compile else "bf16"
+    md = [f"# The attack fast path ({how}) against eager fp32", "",
+          f"Generated by `lit-caps fastpath-check{' --compile' if compile else ''}` (= `make fastpath-check"
+          f"{' ARGS=--compile' if compile else ''}`). {dataset_name(dataset)}, the committed "
           f"default models, N = {n} seeded test images (the same for both precisions), {steps} iterations, eps 0.3, "
           "step 0.01, attack seed 0, R-PGD at beta 0.5. `fp32`: the attack as it runs by default; `bf16`: its "
           "iterations (steps, best-iterate bookkeeping) under `torch.autocast(bfloat16)`; every number below is "
@@ -131,4 +146,4 @@ def _report(rows, dataset, n, steps, report_dir, elapsed) -> pd.DataFrame:
         md += ["", f"Wall times as recorded in the result files (device {', '.join(devs)}; this CPU was shared with "
                "other jobs, so the speed-ups here are indicative; `make bench` measures throughput in one run)."]
     md += ["", generation_line(elapsed)]
-    return write_report(report_dir, "fastpath_check", rows, md)
+    return write_report(report_dir, "fastpath_check_compiled" if compile else "fastpath_check", rows, md)

@@ -62,7 +62,11 @@ class LitReconstructionClassifier(L.LightningModule):
             self.val_acc_raw = metrics()
         self.val_distance = torchmetrics.MeanMetric()
         self.test_distance = torchmetrics.MeanMetric()
+        # per-example means synced exactly across DDP ranks (Lightning's sync_dist averages the ranks' means)
+        self.val_loss = torchmetrics.MeanMetric()
+        self.test_loss = torchmetrics.MeanMetric()
         self._val_parts: list[tuple[Tensor, Tensor]] = []
+        self._seen: dict[str, int] = {}  # examples seen this epoch per stage (DDP padding, `_real`)
         self.val_distances: Tensor | None = None
         self.threshold: float | None = None
 
@@ -97,16 +101,37 @@ class LitReconstructionClassifier(L.LightningModule):
             return margin_loss(logits, y)
         return F.cross_entropy(logits, y)
 
-    def _step(self, batch, train: bool):
+    def _step(self, batch, train: bool, real: Tensor | None = None):
+        """(loss, class loss, per-example SSE, predictions, labels, indices) of a batch; the losses
+        over the ``real`` examples only (a mask: not the DistributedSampler's padding), the rest for all."""
         x, y, idx = batch
         net = self.model if train else self.eval_model()
         out = net(x)
         pred = out.logits.argmax(1)
         rec = net.reconstruct(out.poses, y if train else pred)
         sse = (rec - x).flatten(1).pow(2).sum(1)
-        cls = self.class_loss(out.logits, y)
-        loss = cls + self.hparams.recon_weight * sse.mean()
+        m = slice(None) if real is None else real
+        cls = self.class_loss(out.logits[m], y[m])
+        loss = cls + self.hparams.recon_weight * sse[m].mean()
         return loss, cls, sse, pred, y, idx
+
+    def _real(self, n: int, stage: str) -> Tensor | None:
+        """Under DDP, the mask of this batch's examples that are not padding: Lightning's
+        DistributedSampler (no shuffling in validation / test) repeats the first examples so that every
+        rank gets as many; their metrics would count those twice. Rank r's k-th example is position
+        r + k * world of the padded list, padding from position len(dataset) on. None on one process."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        loader = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0]
+        sampler = getattr(loader, "sampler", None)
+        size = len(getattr(sampler, "dataset", None) or loader.dataset)
+        seen = self._seen.get(stage, 0)
+        self._seen[stage] = seen + n
+        pos = trainer.global_rank + (seen + torch.arange(n, device=self.device)) * trainer.world_size
+        return pos < size
 
     def training_step(self, batch, batch_idx):
         loss, cls, sse, pred, y, _ = self._step(batch, train=True)
@@ -116,22 +141,32 @@ class LitReconstructionClassifier(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, cls, sse, pred, y, idx = self._step(batch, train=False)
+        real = self._real(len(batch[1]), "val")
+        loss, cls, sse, pred, y, idx = self._step(batch, train=False, real=real)
         dist = sse.sqrt()
+        self._val_parts.append((idx.detach(), dist.detach()))  # all of them: gathered, then deduplicated
+        if real is not None and not bool(real.any()):
+            return  # only padding in this batch (its losses are over no example)
+        if real is not None:
+            pred, y, dist, batch = pred[real], y[real], dist[real], [t[real] for t in batch]
         self.val_acc(pred, y)
         self.val_distance(dist)
-        self._val_parts.append((idx.detach(), dist.detach()))
-        self.log("val/loss", loss, on_epoch=True, sync_dist=True)
+        self.val_loss.update(loss.detach(), weight=len(y))
+        self.log("val/loss", self.val_loss, on_epoch=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
         self.log("val/distance", self.val_distance, on_epoch=True)
         if self.ema is not None:  # the raw weights on the same images: the average's paired comparison
             with torch.no_grad():
-                raw = self.model(batch[0]).logits.argmax(1)
+                raw = self.model(batch[0]).logits.argmax(1)  # (the real examples only, under DDP)
             self.val_acc_raw(raw, y)
             self.log("val/acc_raw", self.val_acc_raw, on_epoch=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val_parts = []
+        self._seen["val"] = 0
+
+    def on_test_epoch_start(self) -> None:
+        self._seen["test"] = 0
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_parts or self.trainer.sanity_checking:
@@ -148,10 +183,16 @@ class LitReconstructionClassifier(L.LightningModule):
         self._val_parts = []
 
     def test_step(self, batch, batch_idx):
-        loss, cls, sse, pred, y, _ = self._step(batch, train=False)
+        real = self._real(len(batch[1]), "test")
+        if real is not None and not bool(real.any()):
+            return  # only padding in this batch
+        loss, cls, sse, pred, y, _ = self._step(batch, train=False, real=real)
+        if real is not None:
+            pred, y, sse = pred[real], y[real], sse[real]
         self.test_acc(pred, y)
         self.test_distance(sse.sqrt())
-        self.log("test/loss", loss, on_epoch=True, sync_dist=True)
+        self.test_loss.update(loss.detach(), weight=len(y))
+        self.log("test/loss", self.test_loss, on_epoch=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
         self.log("test/distance", self.test_distance, on_epoch=True)
 
