@@ -105,3 +105,17 @@ def test_fastpath_check_report(runs, data_root, tmp_path, monkeypatch):
                "--out", str(out), "--reports", str(rep), "--only-report", "--data-root", str(data_root)])
     again = pd.read_csv(rep / "fastpath_check.csv")
     assert rc == 0 and again.drop(columns=["fp32_result", "bf16_result"]).equals(df.drop(columns=["fp32_result", "bf16_result"]))
+
+
+def test_the_paper_scale_uses_the_fast_path_only_where_it_passed(monkeypatch):
+    from lit_caps.config import scale_section
+    from lit_caps.experiments.cells import cell_precision
+
+    monkeypatch.delenv("LIT_CAPS_PRECISION", raising=False)
+    t3 = scale_section("paper", "table3")
+    assert cell_precision(t3, "capsnet", "r_pgd") == "bf16"
+    assert cell_precision(t3, "capsnet", "r_bim") == "fp32" and cell_precision(t3, "cnn_cr", "r_pgd") == "fp32"
+    assert cell_precision(scale_section("paper", "table1"), "capsnet", "pgd") == "fp32"
+    assert all(cell_precision(scale_section("quick", s), "capsnet", "r_pgd") == "fp32" for s in ("table3", "rpgd_beta"))
+    monkeypatch.setenv("LIT_CAPS_PRECISION", "fp32")  # the user's setting wins
+    assert cell_precision(t3, "capsnet", "r_pgd") == "fp32"

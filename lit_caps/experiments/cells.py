@@ -80,6 +80,12 @@ def reductions(dataset: str, scale: str, table: str, betas=None) -> list[str]:
             grid = lambda v: ", ".join(f"{x:g}" for x in v)  # noqa: E731
             out.append(f"beta grid {grid(b)} (paper scale: {grid(paper['betas'])}; "
                        "the paper tunes beta per model without giving its grid)")
+    fast = sc.get("fast_path")
+    if fast:
+        out.append(f"the fast path: the attack iterations of {', '.join(fast['models'])}'s "
+                   f"{', '.join(a.upper().replace('_', '-') for a in fast['attacks'])} under {fast['precision']} "
+                   "autocast (every rate still measured in fp32; it passed its equality check against fp32, "
+                   "reports/fastpath_check.md and fastpath_check_compiled.md)")
     return out
 
 
@@ -112,6 +118,17 @@ class Cell:
         return "pending"
 
 
+def cell_precision(sc: dict, model: str, attack: str) -> str:
+    """The attack precision of a cell at a scale's settings: ``LIT_CAPS_PRECISION`` if set, else the
+    section's ``fast_path`` precision for its models and attacks (where the fast path passed its
+    equality check, reports/fastpath_check*.md), else the section's ``precision`` (fp32)."""
+    fast = sc.get("fast_path") or {}
+    default = sc.get("precision", "fp32")
+    if model in (fast.get("models") or ()) and attack in (fast.get("attacks") or ()):
+        default = fast.get("precision", default)
+    return precision_requested(None, default=default)
+
+
 def resolve_device(device):
     if device is not None:
         return str(device)
@@ -132,7 +149,7 @@ def evaluate_cell(run: LoadedRun, cell: Cell, dataset: str, sc: dict, *, attack_
             out_dir=out_dir, chunk_size=sc["chunk_size"], device=device, progress=progress, fpr=run.fpr,
             checkpoint=run.checkpoint, only_cached=only_report,
             compile=compile_requested(None, default=sc.get("compile", False)),
-            precision=precision_requested(None, default=sc.get("precision", "fp32")), **kw)
+            precision=cell_precision(sc, run.name, cell.attack), **kw)
 
 
 def label(cell: Cell) -> str:

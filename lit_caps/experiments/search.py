@@ -25,10 +25,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..evaluation import find_results, precision_requested
+from ..evaluation import find_results
 from ..runs import LoadedRun
 from ..reporting.markdown import dur
-from .cells import Cell, evaluate_cell, label, rates_text, worst
+from .cells import Cell, cell_precision, evaluate_cell, label, rates_text, worst
 
 
 def discover_betas(out_dir, dataset: str, model: str, attack: str, targeted: bool, eps: float, n: int,
@@ -130,7 +130,7 @@ def search_beta(run, search: Search, sc: dict, *, out_dir, device, attack_seed: 
     eps = next((c.result["settings"]["eps"] for c in search.cells.values() if c.result and c.result.get("settings")),
                None)
     if eps is not None:  # read (never compute) the other betas that agents / sweeps finished
-        precision = precision_requested(None, default=sc.get("precision", "fp32"))
+        precision = cell_precision(sc, m, a)
         for b in discover_betas(out_dir, ds, m, a, t, eps, sc["n"], attack_seed, precision):
             if b not in search.cells:
                 c = Cell(m, a, t, b)
