@@ -45,20 +45,22 @@ def _cell(run, dataset, attack, beta, targeted, precision, *, n, steps, out_dir,
 
 
 def _row(model, attack, beta, targeted, fp, bf, run) -> dict:
+    s = run.summary
     row = {"model": model, "attack": attack, "beta": beta, "targeted": targeted, "model_hash": run.model_hash,
+           "run": Path(s["run_dir"]).name, "epochs": s.get("epochs"), "model_seed": s.get("seed"),
+           "config_hash": s.get("config_hash"), "threshold": round(run.threshold, 4),
            "status": "complete" if fp.get("status") == bf.get("status") == "complete" else "pending"}
     if row["status"] != "complete":
         return row
     ok = True
+    f, b = fp["summary"], bf["summary"]
     for k in RATES:
-        f, b = fp["summary"], bf["summary"]
-        lo, hi = f[f"{k}_ci"] if f"{k}_ci" in f else (None, None)
-        row.update({f"fp32_{k}_pct": round(100 * f[f"{k}_rate"], 1), f"bf16_{k}_pct": round(100 * b[f"{k}_rate"], 1)})
-        if lo is not None:
-            row.update({f"fp32_{k}_ci_lo": round(100 * lo, 1), f"fp32_{k}_ci_hi": round(100 * hi, 1)})
-            inside = lo - 1e-12 <= b[f"{k}_rate"] <= hi + 1e-12
-            row[f"{k}_inside"] = bool(inside)
-            ok = ok and inside
+        lo, hi = f[f"{k}_ci"]
+        inside = lo - 1e-12 <= b[f"{k}_rate"] <= hi + 1e-12
+        row.update({f"fp32_{k}_pct": round(100 * f[f"{k}_rate"], 1), f"bf16_{k}_pct": round(100 * b[f"{k}_rate"], 1),
+                    f"fp32_{k}_ci_lo": round(100 * lo, 1), f"fp32_{k}_ci_hi": round(100 * hi, 1),
+                    f"{k}_inside": bool(inside)})
+        ok = ok and inside
     row.update(passes=ok, n=fp["summary"]["n"], steps=fp["settings"]["attack_settings"].get("steps"),
                fp32_wall_s=round(fp["run"]["wall_time_s"], 1), bf16_wall_s=round(bf["run"]["wall_time_s"], 1),
                speedup=round(fp["run"]["wall_time_s"] / max(bf["run"]["wall_time_s"], 1e-9), 2),
@@ -143,6 +145,10 @@ def _report(rows, dataset, n, steps, report_dir, elapsed, compile=False) -> pd.D
         md += ["", "**Verdict per model** (all four cells must pass): " + "; ".join(
             f"{model_name(m)}: {'passes' if all(v) else 'fails'} ({sum(v)}/{len(v)})" for m, v in by.items()) + "."]
         devs = sorted({r["device"] for r in done})
+        by_model = {r["model"]: r for r in done}
+        md += ["", "Models: " + "; ".join(
+            f"{model_name(m)} `{r['run']}` (seed {r['model_seed']}, {r['epochs']} epochs, config {r['config_hash']}, "
+            f"model hash {r['model_hash']}, threshold {r['threshold']:.4f})" for m, r in by_model.items()) + "."]
         md += ["", f"Wall times as recorded in the result files (device {', '.join(devs)}; this CPU was shared with "
                "other jobs, so the speed-ups here are indicative; `make bench` measures throughput in one run)."]
     md += ["", generation_line(elapsed)]
