@@ -27,6 +27,7 @@ help:
 	@echo "make reproduce-table7 [SCALE=...]     black-box PGD/R-PGD from a seed-1 substitute (Table 7) -> reports/"
 	@echo "make reproduce-table3 [SCALE=quick|paper|smoke] [DATASETS='mnist fashion_mnist svhn']  Table 3 (R-PGD worst case over beta)"
 	@echo "make reproduce-table6 [SCALE=...] [DATASETS=...]   Table 6 (R-FGSM, R-BIM, R-PGD worst case over beta)"
+	@echo "make reproduce-adaptive [SCALE=...] [ADAPTIVE_DATASETS='mnist fashion_mnist']  adaptive attacks + ensemble vs the detector"
 	@echo "make sweep-agents GPUS=0,1 SWEEP=<wandb id | sweeps/<file>.yaml>   one W&B (or local) sweep agent per GPU"
 	@echo "make reproduce-fig1 [SCALE=...] [DATA=mnist]  Fig. 1 distance histograms -> reports/figures/"
 	@echo "make reproduce-table2 [SCALE=...]   corrupted MNIST (Table 2, Fig. 7/8)"
@@ -36,6 +37,8 @@ help:
 	@echo "make reports            rewrite every committed report from the committed store (no compute)"
 	@echo "make check-reports      the same, then fail if any committed report changed"
 	@echo "make bench              training/forward throughput of each model and config, attack throughput"
+	@echo "make gpu-check          on a GPU: train the MNIST models, paper-scale R-PGD cells, projections -> reports/bench_gpu.md"
+	@echo "make training-check     the training fast path (compiled, bf16) against eager fp32, 5 epochs -> reports/"
 	@echo "make fastpath-check     the attack fast path (bf16) against fp32: rates inside fp32's 95% CI? -> reports/"
 	@echo "data root: LIT_CAPS_DATA=$(LIT_CAPS_DATA)"
 
@@ -88,6 +91,22 @@ check-reports: reports
 fastpath-check: $(PY)
 	$(VENV)/bin/lit-caps fastpath-check $(ARGS)
 
+# The GPU check (lit_caps/gpu_check.py): gpu-data packs MNIST into the ignored gpu_data/ (~11 MiB), which
+# travels to a lent GPU machine; gpu-check runs the script here (on the device: python -m lit_caps.gpu_check
+# --data gpu_data --out $$OUT). It writes reports/bench_gpu.md.
+.PHONY: gpu-data gpu-check
+gpu-data: $(PY)
+	$(PY) -m lit_caps.gpu_check --pack $(LIT_CAPS_DATA) --data gpu_data
+
+gpu-check: $(PY)
+	@test -d gpu_data/MNIST || $(MAKE) gpu-data
+	$(PY) -m lit_caps.gpu_check --data gpu_data --out reports $(ARGS)
+
+# the training fast path (compiled fp32, compiled bf16) against eager fp32: 5 epochs x 2 seeds (~25 min on 2 cores)
+.PHONY: training-check
+training-check: $(PY)
+	$(VENV)/bin/lit-caps training-check $(ARGS)
+
 # BENCH_ARGS: the attack table includes the torch.compile rows (compilation is not timed, ~2 min)
 BENCH_ARGS ?= --compile
 bench: $(PY)
@@ -107,6 +126,13 @@ reproduce-table3: $(PY)
 
 reproduce-table6: $(PY)
 	$(VENV)/bin/lit-caps reproduce table6 --scale $(SCALE) --data $(DATASETS) $(ARGS)
+
+# Beyond the paper: R-PGD at Table 3's worst beta, Selective / Orthogonal PGD, APGD joint and their
+# per-example ensemble against the detector -> reports/adaptive_<dataset>_<scale>.{md,csv}
+ADAPTIVE_DATASETS ?= mnist fashion_mnist
+.PHONY: reproduce-adaptive
+reproduce-adaptive: $(PY)
+	$(VENV)/bin/lit-caps reproduce adaptive --scale $(SCALE) --data $(ADAPTIVE_DATASETS) $(ARGS)
 
 # One sweep agent per GPU. SWEEP = a W&B sweep id (entity/project/id from `wandb sweep sweeps/<f>.yaml`)
 # or a sweep YAML file (no W&B server: local agents, each taking every k-th run of the YAML's list).

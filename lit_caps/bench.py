@@ -12,9 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import build_attack
+from .bench_reference import ReferenceCapsNet, reference_train_step
 from .config import load_group
+from .cost import MODELS, projected_seconds, table3_groups
 from .evaluation import attack_precision, compiled_forward
 from .io import write_text_atomic
+from .reporting.markdown import hms
 from .models import build_model, count_parameters, margin_loss
 
 
@@ -37,19 +40,34 @@ def _timeit(fn, steps: int, device: str, warmup: int = 2) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def bench_model(name: str, arch_name: str, device: str = "cpu", batch_size: int = 128, steps: int = 5) -> dict:
+#: training paths of :func:`bench_model` (the same as ``lit-caps training-check``): (compile, bf16 autocast)
+TRAIN_PATHS = {"eager fp32": (False, False), "compiled fp32": (True, False), "compiled bf16": (True, True)}
+
+
+def bench_model(name: str, arch_name: str, device: str = "cpu", batch_size: int = 128, steps: int = 5,
+                path: str = "eager fp32") -> dict:
+    """Training (forward, losses, backward, Adam step) and forward images/s of one model, on one batch.
+    ``path``: the training step as :class:`~lit_caps.training.LitReconstructionClassifier` runs it
+    eagerly, with the forward through ``torch.compile`` (``train.compile``, models whose
+    ``compile_helps``) and under bf16 autocast (``train.precision=bf16-mixed``). Compilation happens
+    in the warm-up steps, untimed."""
+    compile_fwd, bf16 = TRAIN_PATHS[path]
     arch = load_group("arch", arch_name)
     torch.manual_seed(0)
     model = build_model(name, **arch).to(device)
+    compile_fwd = compile_fwd and model.compile_helps
+    forward_fn = torch.compile(model.forward) if compile_fwd else model
     x = torch.rand(batch_size, *arch["image_shape"], device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def train_step():
-        out = model(x)
-        cls = margin_loss(out.logits, y) if name.startswith("capsnet") else F.cross_entropy(out.logits, y)
-        rec = model.reconstruct(out.poses, y)
-        loss = cls + 0.0005 * (rec - x).flatten(1).pow(2).sum(1).mean()
+        with torch.autocast(dev_type, torch.bfloat16, enabled=bf16):
+            out = forward_fn(x)
+            cls = margin_loss(out.logits, y) if name.startswith("capsnet") else F.cross_entropy(out.logits, y)
+            rec = model.reconstruct(out.poses, y)
+            loss = cls + 0.0005 * (rec - x).flatten(1).pow(2).sum(1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -63,8 +81,31 @@ def bench_model(name: str, arch_name: str, device: str = "cpu", batch_size: int 
     t_train = _timeit(train_step, steps, device)
     model.eval()
     t_fwd = _timeit(forward, steps, device)
-    return {"device": device, "arch": arch_name, "model": name, "params": count_parameters(model),
-            "batch": batch_size, "train_img_s": batch_size / t_train, "forward_img_s": batch_size / t_fwd}
+    return {"device": device, "arch": arch_name, "model": name, "path": path if compile_fwd or bf16 else "eager fp32",
+            "params": count_parameters(model), "batch": batch_size, "train_img_s": batch_size / t_train,
+            "forward_img_s": batch_size / t_fwd}
+
+
+def bench_reference(device: str = "cpu", batch_size: int = 128, steps: int = 5) -> dict:
+    """The same two timings of :class:`~lit_caps.bench_reference.ReferenceCapsNet` (XifengGuo's
+    algorithm, Sabour sizes), eager fp32 as its repository runs it."""
+    torch.manual_seed(0)
+    model = ReferenceCapsNet().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    model.train()
+    t_train = _timeit(lambda: reference_train_step(model, opt, x, y), steps, device)
+    model.eval()
+    t_fwd = _timeit(forward, steps, device)
+    return {"device": device, "arch": "sabour", "model": "reference", "path": "eager fp32",
+            "params": count_parameters(model), "batch": batch_size, "train_img_s": batch_size / t_train,
+            "forward_img_s": batch_size / t_fwd}
 
 
 def count_flops(fn) -> int:
@@ -159,6 +200,99 @@ def bench_attacks(name: str, arch_name: str = "mnist", device: str = "cpu", batc
     return rows
 
 
+def training_section(devices, paths, batch_size: int, steps: int) -> list[str]:
+    """Markdown lines: the reference CapsNet beside our Sabour-config CapsNet on each training path,
+    and the default MNIST CapsNet on each path, all measured in this call."""
+    rows = []
+    for device in devices:
+        ref = bench_reference(device, batch_size, steps)
+        ref["vs_reference"], ref["vs_eager_fp32"] = "", ""
+        rows.append(ref)
+        print(f"  {device} reference (sabour) train {ref['train_img_s']:8.1f} img/s", flush=True)
+        for arch in ("sabour", "mnist"):
+            eager = None
+            for path in paths:
+                r = bench_model("capsnet", arch, device, batch_size, steps, path=path)
+                eager = r if path == "eager fp32" else eager
+                r["vs_reference"] = f"{r['train_img_s'] / ref['train_img_s']:.2f}x reference" if arch == "sabour" else ""
+                r["vs_eager_fp32"] = (f"{r['train_img_s'] / eager['train_img_s']:.2f}x eager fp32"
+                                      if eager is not None and r is not eager else "")
+                rows.append(r)
+                print(f"  {device} capsnet {arch} {path}: train {r['train_img_s']:8.1f} img/s {r['vs_reference']}",
+                      flush=True)
+    return ["\n## Training step: the reference CapsNet and our training paths (images/s)\n",
+            format_table(rows, ["device", "arch", "model", "path", "params", "train_img_s", "vs_reference",
+                                "vs_eager_fp32", "forward_img_s"]),
+            "\n`reference`: XifengGuo/CapsNet-Pytorch's algorithm (u_hat by one broadcast matmul, then the "
+            "routing loop with a detached u_hat; `lit_caps/bench_reference.py`, written here from its description) "
+            "at the Sabour et al. sizes, eager fp32. `capsnet`: ours (batched u_hat, einsum routing) with the "
+            "training step as `lit-caps fit` runs it: `eager fp32`, `compiled fp32` (`train.compile=true`: the "
+            "forward through torch.compile, compilation untimed) and `compiled bf16` (plus "
+            "`train.precision=bf16-mixed`). Which path is the default is decided by `reports/training_check.md` "
+            "(5-epoch validation error); `vs_reference` and `vs_eager_fp32` compare rows of this one run."]
+
+
+#: an H200's dense fp32 peak without tensor cores (NVIDIA's data sheet): the GPU projection's assumption
+H200_FP32_FLOPS = 67e12
+GPU_UTILIZATION = 0.10  # an assumed fraction of that peak (the CNNs reach ~50% of this CPU's, the CapsNet ~15%)
+
+
+def cost_section(arows: list[dict], mrows: list[dict], device: str = "cpu") -> list[str]:
+    """Markdown lines: the projected time of ``make reproduce-table3 SCALE=paper`` (MNIST and
+    Fashion-MNIST) as N, iterations and betas grow, from this run's R-PGD throughput (this CPU) and
+    from its FLOP counts at an assumed GPU throughput (a projection, labelled)."""
+    rate = {r["model"]: r["img_iter_s"] for r in arows if r["device"] == device and r["attack"] == "r_pgd"}
+    fast = dict(rate)
+    for r in arows:  # the paper scale's default: the CapsNet's R-PGD compiled in bf16 (fast_path)
+        if r["device"] == device and r["model"] == "capsnet" and r["attack"] == "r_pgd_compiled_bf16":
+            fast["capsnet"] = r["img_iter_s"]
+    flops = {r["model"]: float(r["mflop_img_iter"]) * 1e6 for r in arows
+             if r["device"] == device and r["attack"] == "r_pgd" and r["mflop_img_iter"] not in ("", None)}
+    fwd = {(r["arch"], r["model"]): r["forward_img_s"] for r in mrows if r["device"] == device}
+    models = [m for m in MODELS if m in rate]
+    if not models:
+        return []
+
+    def arch_factor(d, m):  # Fashion-MNIST's arch (mnist_wide) relative to MNIST's, from the forward throughput
+        if d == "mnist":
+            return 1.0
+        a = {"fashion_mnist": "mnist_wide", "svhn": "svhn"}[d]
+        return fwd.get((a, m), fwd.get(("mnist", m), 1.0)) / fwd.get(("mnist", m), 1.0)
+
+    def seconds(table: dict, **kw) -> float:
+        groups = [g for g in table3_groups("paper", ("mnist", "fashion_mnist"), **kw) if g.model in models]
+        return projected_seconds(groups, lambda d, m: table[m] * arch_factor(d, m))
+
+    def gpu_seconds(**kw) -> float | None:
+        if set(flops) < set(models):
+            return None
+        groups = [g for g in table3_groups("paper", ("mnist", "fashion_mnist"), **kw) if g.model in models]
+        return sum(g.image_iterations * flops[g.model] / arch_factor(g.dataset, g.model) for g in groups) / (
+            H200_FP32_FLOPS * GPU_UTILIZATION)
+
+    lines = ["| varied | N | MNIST iterations | betas per cell group | cells | CPU, eager fp32 | CPU, paper default "
+             "(CapsNet compiled bf16) | one H200, projected |", "|---|---|---|---|---|---|---|---|"]
+    base = {"n": 1000, "steps": 1000, "betas": 15}
+    grid = [("(paper scale)", {})] + [("N", {"n": v}) for v in (250, 500, 2000)] + \
+           [("iterations", {"steps": v}) for v in (250, 500)] + [("betas", {"betas": v}) for v in (6, 11)]
+    for what, change in grid:
+        kw = {**base, **change}
+        cells = sum(g.betas for g in table3_groups("paper", ("mnist", "fashion_mnist"), **kw) if g.model in models)
+        g = gpu_seconds(**kw)
+        lines.append(f"| {what} | {kw['n']} | {kw['steps']} | {kw['betas']} | {cells} | {hms(seconds(rate, **kw))} | "
+                     f"{hms(seconds(fast, **kw))} | {'' if g is None else hms(g)} |")
+    return ["\n## How the paper-scale Table 3 cost grows (MNIST + Fashion-MNIST attack cells; projected)\n",
+            "\n".join(lines) + "\n\nEach cell group (dataset, model, targeting) is `betas` R-PGD attacks of N images x "
+            "the dataset's iterations (Fashion-MNIST: half of MNIST's, as Appendix C), so the cost is linear in N, "
+            "iterations and betas: every row is N x iterations x betas image-iterations divided by a throughput. "
+            "CPU columns: the R-PGD rows of this run (image-iterations/s of this CPU; Fashion-MNIST's wider arch "
+            "scaled by the forward-throughput ratio of the model table), training not included. H200 column: "
+            f"a **projection**, not a measurement: the R-PGD FLOPs per image-iteration counted above, at "
+            f"{GPU_UTILIZATION:.0%} of the H200's {H200_FP32_FLOPS / 1e12:.0f} TFLOP/s fp32 peak (an assumption; "
+            "`make gpu-check` measures it: reports/bench_gpu.md). The measured cells of the committed store "
+            "(wall time against N x iterations) are in reports/README.md."]
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v):
         return f"{v:,.0f}" if isinstance(v, float) else str(v)
@@ -189,6 +323,10 @@ def main(args) -> int:
     out = [f"# `make bench`\n\n{header}\n", "## Model throughput (images/s)\n",
            format_table(rows, ["device", "arch", "model", "params", "batch", "train_img_s", "forward_img_s"])]
     print("\n" + "\n".join(out[1:]))
+    paths = list(getattr(args, "train_paths", None) or [])
+    if paths:
+        out += training_section(devices, paths, args.batch_size, args.steps)
+        print("\n".join(out[-3:]))
     if not args.no_attacks:
         arows = []
         for device in devices:
@@ -224,6 +362,8 @@ def main(args) -> int:
                 "rows: the attack under bf16 autocast (the evaluation's fast path, `precision: bf16`); "
                 "`vs_eager_fp32` compares with the eager fp32 row of the same attack, measured in the same run."]
         print("\n".join(out[-3:]))
+        out += cost_section(arows, rows)
+        print("\n".join(out[-2:]))
     if args.out:
         from pathlib import Path
 

@@ -22,6 +22,7 @@ import sys
 
 from .errors import InvalidArgumentError, user_error_message
 from .experiments import REGISTRY, Context
+from .bench_commands import add_parsers as add_bench_parsers
 from .store_commands import add_parser as add_store_parser
 from .sweep_commands import ATTACK_DESCRIPTION, add_attack_args, check_attack_cell, check_sweep
 from .sweep_commands import add_parser as add_sweep_parser
@@ -136,33 +137,6 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from .bench import main as bench_main
-
-    return bench_main(args)
-
-
-def cmd_fastpath(args) -> int:
-    from .validate import check_model, check_positive_int, check_writable
-
-    for m in args.models:
-        check_model(m)
-    check_positive_int("--n", args.n)
-    check_positive_int("--steps", args.steps)
-    for flag, path in (("--out", args.out), ("--reports", args.reports)):
-        check_writable(path, flag)
-    import torch
-
-    from .fastpath import fastpath_check
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    fastpath_check(tuple(args.models), n=args.n, steps=args.steps, runs_root=args.runs, out_dir=args.out,
-                   report_dir=args.reports, only_report=args.only_report, data_root=args.data_root,
-                   compile=args.compile)
-    return 0
-
-
 def cmd_report(args) -> int:
     from .experiments.table4 import clean_error_report
 
@@ -249,7 +223,9 @@ def cmd_attack(args) -> int:
     s = run_cell(args.data, args.model, args.attack, args.targeted, args.beta, args.scale,
                             seed=args.seed, attack_seed=args.attack_seed, runs_root=args.runs, out_dir=args.out,
                             train=args.train, device=args.device, data_root=args.data_root,
-                            progress=not args.no_progress, wandb_log=not args.no_wandb)
+                            progress=not args.no_progress, wandb_log=not args.no_wandb,
+                            adaptive_overrides={k: v for k, v in (("lam", args.lam), ("step_size", args.step_size),
+                                                                  ("loss", args.loss)) if v is not None})
     print(f"[lit-caps attack] {args.data}/{args.model} {args.attack} targeted={args.targeted} beta={args.beta}: "
           f"success_rate {s['success_rate']:.4f}, undetected_rate {s['undetected_rate']:.4f}, "
           f"best_undetected_rate {s['best_undetected_rate']:.4f} (N={s['n']}; {s['result']})")
@@ -284,35 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/data")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("bench", help="training/forward throughput of each model and config (images/s)")
-    p.add_argument("--models", nargs="+", default=["capsnet", "cnn_cr", "cnn_r"])
-    p.add_argument("--archs", nargs="+", default=["mnist", "mnist_wide", "sabour", "svhn", "cifar10"])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after 2 warm-up steps)")
-    p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, + cuda if present)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--attack-steps", type=int, default=10, help="iterations per timed attack call")
-    p.add_argument("--no-attacks", action="store_true", help="skip the attack throughput table")
-    p.add_argument("--compile", action="store_true",
-                   help="add PGD and R-PGD through torch.compile'd forwards (as the paper-scale runs use them; "
-                        "compile time is excluded, ~1 min per model)")
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
-                   help="attack precisions to time (bf16: autocast, the evaluation's fast path)")
-    p.add_argument("--out", default=None, help="also write the tables as Markdown to this file")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("fastpath-check", help="the attack fast path (bf16) against fp32 on the same images")
-    p.add_argument("--models", nargs="+", default=["capsnet", "cnn_cr", "cnn_r"], help="the models to compute")
-    p.add_argument("--n", type=int, default=500)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--out", default="results", help="results root (files under <out>/fastpath)")
-    p.add_argument("--reports", default="reports")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--only-report", action="store_true", help="compute nothing; the report from what exists")
-    p.add_argument("--compile", action="store_true", help="the bf16 side through torch.compile'd forwards")
-    p.set_defaults(func=cmd_fastpath)
+    add_bench_parsers(sub)
 
     p = sub.add_parser("report", help="write a report under reports/ from finished runs")
     p.add_argument("what", choices=["clean-error"])

@@ -48,7 +48,10 @@ __all__ = [
 
 #: Settings that do not change what a trained model is (hardware, logging, how often to save).
 VOLATILE = {
-    "train": {"max_epochs", "checkpoint_every_n_steps", "accelerator", "devices", "limit_val_batches", "limit_test_batches"},
+    # compile: the training forward through torch.compile; the same fp32 arithmetic in another order,
+    # like another accelerator (5-epoch check: reports/training_check.md)
+    "train": {"max_epochs", "checkpoint_every_n_steps", "accelerator", "devices", "limit_val_batches", "limit_test_batches",
+              "compile"},
     "data": {"num_workers", "eval_batch_size", "root", "download"},
 }
 

@@ -12,7 +12,8 @@ MODELS = {"capsnet": "CapsNet", "cnn_cr": "CNN+CR", "cnn_r": "CNN+R", "capsnet_a
 
 #: Attack registry name -> the paper's name (R-*: the reconstructive, defense-aware attacks of Section 4.2).
 ATTACKS = {"fgsm": "FGSM", "bim": "BIM", "pgd": "PGD", "cw": "CW", "r_fgsm": "R-FGSM", "r_bim": "R-BIM",
-           "r_pgd": "R-PGD"}
+           "r_pgd": "R-PGD", "selective_pgd": "Selective PGD", "orthogonal_pgd": "Orthogonal PGD",
+           "apgd_joint": "APGD joint"}
 
 #: Class names of the datasets whose labels are not digits (Fig. 4's axes).
 CLASSES = {

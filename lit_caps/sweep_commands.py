@@ -44,9 +44,16 @@ ATTACK_DESCRIPTION = ("Attack one trained model at the settings of --scale (R-at
 def add_attack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist")
     p.add_argument("--model", default="capsnet")
-    p.add_argument("--attack", default="r_pgd", help="fgsm bim pgd cw r_fgsm r_bim r_pgd")
+    p.add_argument("--attack", default="r_pgd", help="fgsm bim pgd cw r_fgsm r_bim r_pgd; adaptive: "
+                                                     "selective_pgd orthogonal_pgd apgd_joint")
     p.add_argument("--targeted", type=parse_bool, default=True)
     p.add_argument("--beta", type=float, default=None, help="R-attacks' beta (default: the preset's 0.5)")
+    p.add_argument("--lam", type=float, default=None,
+                   help="adaptive attacks: APGD joint's detector weight lambda (default: the scale's)")
+    p.add_argument("--step-size", type=float, default=None,
+                   help="adaptive attacks: Selective / Orthogonal PGD's step (default: the scale's)")
+    p.add_argument("--loss", default=None, choices=["ce", "cw", "dlr", "logodds"],
+                   help="adaptive attacks: the classifier loss (default: the scale's)")
     p.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
     p.add_argument("--seed", type=int, default=0, help="seed of the trained model")
     p.add_argument("--attack-seed", type=int, default=0, help="seed of the test subset and the targets")

@@ -52,7 +52,7 @@ def check_positive_int(flag: str, value, minimum: int = 1) -> None:
 #: The attack registry's names (``lit_caps.attacks.ATTACKS``) and the datasets with Appendix C presets
 #: (``lit_caps.attacks.PRESETS``), here so that arguments are checked without importing torch;
 #: tests/test_config.py keeps them equal.
-ATTACK_NAMES = ("fgsm", "bim", "pgd", "cw", "r_fgsm", "r_bim", "r_pgd")
+ATTACK_NAMES = ("fgsm", "bim", "pgd", "cw", "r_fgsm", "r_bim", "r_pgd", "selective_pgd", "orthogonal_pgd", "apgd_joint")
 ATTACK_DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10")
 
 
@@ -89,7 +89,7 @@ def check_attack_args(name: str | None = None, *, dataset: str | None = None, be
 # -- data ------------------------------------------------------------------------------------------
 def required_files(name: str, cifar10_split_test: bool = False) -> list[list[str]]:
     """Alternatives (any one suffices) of the paths each split of ``name`` needs, as the loaders in
-    lit_caps/data/datamodule.py read them (tests/test_config.py keeps the two in step)."""
+    lit_caps/data/sources.py reads them (tests/test_config.py keeps the two in step)."""
     if name in ("mnist", "mnist_c", "fashion_mnist"):
         folder = "FashionMNIST" if name == "fashion_mnist" else "MNIST"
         return [[f"{folder}/raw/{f}"] for f in IDX_FILES]

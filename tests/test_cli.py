@@ -60,12 +60,17 @@ def test_bench_runs_and_writes_tables(tmp_path):
 
     out = tmp_path / "bench.md"
     assert main(["bench", "--archs", "mnist", "--models", "cnn_r", "--steps", "1", "--attack-steps", "1",
-                 "--devices", "cpu", "--out", str(out)]) == 0
+                 "--devices", "cpu", "--batch-size", "16", "--train-paths", "eager fp32", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| cpu | mnist | cnn_r | 2167400 | 128 |" in text
+    assert "| cpu | mnist | cnn_r | 2167400 | 16 |" in text
+    # the training table: the reference CapsNet beside ours, Sabour sizes, with the ratio row label
+    assert "| cpu | sabour | reference | eager fp32 | 8215568 |" in text
+    assert "| cpu | sabour | capsnet | eager fp32 | 8215728 |" in text and "x reference |" in text
     assert "torchattacks_pgd" in text and "| cnn_r | r_pgd |" in text
     # the fast path's rows, with their ratio to the eager fp32 row of the same run
     assert "| cnn_r | pgd_bf16 | eager bf16 |" in text and "x eager fp32 |" in text
+    # how the paper-scale Table 3 cost grows, from this run's throughput (one model here: 2 x 2 x 15 cells)
+    assert "## How the paper-scale Table 3 cost grows" in text and "| (paper scale) | 1000 | 1000 | 15 | 60 |" in text
 
 
 def test_attack_flop_count_matches_the_layer_arithmetic():

@@ -279,7 +279,7 @@ def test_the_public_names_and_the_schema_split():
 
 
 # -- experiment scales -----------------------------------------------------------------------------
-SECTIONS = ("table1", "rpgd_beta", "table7", "table3", "fig1", "table2", "fig3", "fig4", "galleries")
+SECTIONS = ("table1", "rpgd_beta", "table7", "table3", "fig1", "table2", "fig3", "fig4", "galleries", "adaptive")
 
 
 def test_scale_values_are_pinned():
@@ -296,6 +296,8 @@ def test_scale_values_are_pinned():
     assert paper["table1"] == {"n": 1000, "chunk_size": 100, "steps": None, "cw": None, "compile": True}
     assert paper["rpgd_beta"]["betas"] == betas and paper["fig3"]["betas"] == betas
     assert paper["fig4"] == {"per_class": 100, "steps": None} and paper["galleries"] == {"steps": None, "candidates": 1000}
+    assert quick["adaptive"]["n"] >= 500 and quick["adaptive"]["steps"] == quick["table3"]["steps"]
+    assert paper["adaptive"]["n"] == 1000 and paper["adaptive"]["steps"] is None
     smoke = C.load_scale("smoke")
     assert smoke["table3"]["train"] == "smoke" and smoke["table2"] == {"n": 100}
     assert smoke["galleries"] == {"steps": 3, "candidates": 20} and smoke["rpgd_beta"]["betas"] == [0.0, 0.5, 1.0]

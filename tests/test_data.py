@@ -156,3 +156,33 @@ def test_hflip_augmentation_only_in_training(data_root):
     assert all(dm.train_set[0][1] == int(dm.train_set.labels[0]) for _ in range(5))
     assert torch.equal(dm.val_set[0][0], dm.val_set.images[0].float() / 255)
     assert not CapsDataModule("fashion_mnist", root=str(data_root)).hparams.hflip  # off by default
+
+
+def test_idx_files_read_without_torchvision_equal_torchvision(data_root, monkeypatch):
+    """Where torchvision is not installed (the GPU check's machine), the IDX files are read here: the
+    same images and labels as torchvision's loader."""
+    import builtins
+
+    from lit_caps.data import load_idx
+
+    x_tv, y_tv = load_idx("mnist", "MNIST", "MNIST", data_root, False, False)
+    real_import = builtins.__import__
+
+    def no_torchvision(name, *args, **kwargs):
+        if name.startswith("torchvision"):
+            raise ImportError("no torchvision here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    x, y = load_idx("mnist", "MNIST", "MNIST", data_root, False, False)
+    assert x.dtype == x_tv.dtype and y.dtype == y_tv.dtype
+    assert torch.equal(x, x_tv) and torch.equal(y, y_tv) and x.shape == (10000, 1, 28, 28)
+
+
+def test_read_idx_rejects_other_files(tmp_path):
+    from lit_caps.data import read_idx
+
+    bad = tmp_path / "x-idx3-ubyte"
+    bad.write_bytes(b"PK\x03\x04not an idx file")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(bad)

@@ -84,3 +84,64 @@ def test_evaluation_split_over_two_ranks_equals_one_process(runs, data_root, tmp
         assert got[r][1] == one["examples"], f"rank {r}: per-example outcomes differ from the 1-process run"
     chunks = sorted(os.listdir(tmp_path / "two" / "mnist" / "cnn_cr" / ".chunks"))
     assert chunks  # the two ranks wrote the chunks (5 of 7 examples each round-robin)
+
+
+# -- a 2-process fit, killed mid-epoch and resumed -------------------------------------------------
+def test_two_process_fit_killed_and_resumed_gives_the_uninterrupted_weights(data_root, tmp_path):
+    """``lit-caps fit`` on 2 CPU processes (Lightning's DDP launcher reruns the command as rank 1, gloo):
+    both processes killed with SIGKILL mid-epoch (a lost node), then the same command again: it
+    resumes from the last checkpoint and ends with the weights of an uninterrupted 2-process run."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lit_caps.config import run_dir_for
+    from test_resume import EVERYTHING, csv_rows, weights_sha
+
+    extra = ["train.limit_train_batches=30", "train.max_epochs=2", "train.checkpoint_every_n_steps=5",
+             "train.accelerator=cpu", "train.devices=2"]
+    overrides = EVERYTHING + [f"data.root={data_root}", *extra]
+    cfg = compose("cnn_cr", "mnist", train="smoke", overrides=overrides)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+    def cmd(root):
+        return [sys.executable, "-m", "lit_caps.cli", "fit", "--model", "cnn_cr", "--data", "mnist", "--train",
+                "smoke", "--runs", str(root)] + overrides
+
+    run = run_dir_for(cfg, tmp_path / "killed")
+    metrics = run / "csv" / "metrics.csv"
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    killed = False
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline and proc.poll() is None:
+            # epoch 1 logs steps 30..59 (per rank); kill both ranks past step 40, between checkpoints
+            if metrics.is_file() and any(int(r["step"]) >= 40 for r in csv_rows(metrics) if "train/loss" in r):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.02)
+    finally:
+        if not killed and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed, "the 2-process run finished (or stalled) before it could be killed"
+    assert not (run / "summary.json").exists()
+    ck_step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 30 < ck_step < 60, ck_step
+
+    out = subprocess.run(cmd(tmp_path / "killed"), env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"resuming {run}" in out.stdout
+    s = json.loads((run / "summary.json").read_text())
+    assert s["complete"] and s["global_step"] == 60 and [r["from_step"] for r in s["resumed"]] == [ck_step]
+
+    ref = subprocess.run(cmd(tmp_path / "uninterrupted"), env=env, capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-2000:]
+    r = json.loads((run_dir_for(cfg, tmp_path / "uninterrupted") / "summary.json").read_text())
+    assert r["resumed"] == [] and r["global_step"] == 60
+    assert weights_sha(s["checkpoint"]) == weights_sha(r["checkpoint"])
+    assert s["threshold"] == r["threshold"] and s["test_acc"] == r["test_acc"]

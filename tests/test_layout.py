@@ -33,9 +33,11 @@ LAYERS = [
     ("evaluation",),
     ("store",),
     ("runs", "trust"),
-    ("bench", "sweeps", "fastpath"),
+    ("bench_reference", "cost"),
+    ("bench", "sweeps", "fastpath", "training_check"),
+    ("gpu_check",),
     ("experiments",),
-    ("store_commands", "sweep_commands"),
+    ("store_commands", "sweep_commands", "bench_commands"),
     ("cli",),
 ]
 
@@ -190,6 +192,7 @@ def test_no_private_name_across_modules():
 LAZY_OK = {
     "lit_caps.cli": "the CLI imports a command's layer when that command runs (`--help` and argument "
                     "errors stay fast, without torch)",
+    "lit_caps.bench_commands": "as the CLI: a measurement's module (torch) is imported when it runs",
     "lit_caps.data.datamodule": "the corruptions (scipy, scikit-image) are imported only for MNIST-C",
 }
 

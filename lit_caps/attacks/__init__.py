@@ -26,7 +26,12 @@ import copy
 
 from .base import (Attack, AttackResult, BestIterateTracker, LinfIterativeAttack, attack_context, project_linf,
                    random_targets, success_mask)
+from .apgd import APGDJoint
 from .bim import BIM
+from .detector_aware import DetectorAwareAttack, LowestDistanceTracker
+from .losses import LOSSES
+from .orthogonal import OrthogonalPGD
+from .selective import SelectivePGD
 from .cw import CW
 from .fgsm import FGSM
 from .pgd import PGD
@@ -42,10 +47,19 @@ ATTACKS: dict[str, type[Attack]] = {
     "r_fgsm": RFGSM,
     "r_bim": RBIM,
     "r_pgd": RPGD,
+    # detector-aware (adaptive) attacks beyond the paper: they know the threshold
+    "selective_pgd": SelectivePGD,
+    "orthogonal_pgd": OrthogonalPGD,
+    "apgd_joint": APGDJoint,
 }
+#: the detector-aware attacks (built with the threshold; the adaptive report)
+ADAPTIVE = ("selective_pgd", "orthogonal_pgd", "apgd_joint")
+#: APGD's iterations: Croce & Hein use 100 (its schedule converges in fewer than PGD's fixed steps)
+APGD_STEPS = 100
 
 PAPER_NAMES = {"fgsm": "FGSM", "bim": "BIM", "pgd": "PGD", "cw": "CW", "r_fgsm": "R-FGSM", "r_bim": "R-BIM",
-               "r_pgd": "R-PGD"}
+               "r_pgd": "R-PGD", "selective_pgd": "Selective PGD", "orthogonal_pgd": "Orthogonal PGD",
+               "apgd_joint": "APGD joint"}
 
 #: Appendix C: L-inf bound per dataset (CIFAR-10: Section 5.4).
 EPSILON = {"mnist": 0.3, "fashion_mnist": 0.1, "svhn": 0.1, "cifar10": 8 / 255}
@@ -65,6 +79,7 @@ def _presets() -> dict[str, dict[str, dict]]:
         out[ds] = {
             "fgsm": dict(single), "bim": dict(multi), "pgd": dict(multi), "cw": {"eps": None, **CW_SETTINGS},
             "r_fgsm": dict(single), "r_bim": dict(multi), "r_pgd": dict(multi),
+            "selective_pgd": dict(multi), "orthogonal_pgd": dict(multi), "apgd_joint": {"eps": eps, "steps": APGD_STEPS},
         }
     return out
 
@@ -92,4 +107,5 @@ def build_attack(name: str, model, **settings) -> Attack:
 
 __all__ = ["ATTACKS", "PAPER_NAMES", "PRESETS", "EPSILON", "ITERATIONS", "preset", "build_attack", "Attack",
            "AttackResult", "LinfIterativeAttack", "BestIterateTracker", "FGSM", "BIM", "PGD", "CW", "RFGSM", "RBIM",
-           "RPGD", "success_mask", "random_targets", "project_linf", "attack_context", "check_attack_args"]
+           "RPGD", "SelectivePGD", "OrthogonalPGD", "APGDJoint", "DetectorAwareAttack", "LowestDistanceTracker",
+           "ADAPTIVE", "APGD_STEPS", "LOSSES", "success_mask", "random_targets", "project_linf", "attack_context", "check_attack_args"]

@@ -9,6 +9,8 @@ Conventions shared by every attack (Qin et al., ICLR 2020, Section 3 and Appendi
 * Untargeted success: ``f(x') != y``; targeted success: ``f(x') == t`` (:func:`success_mask`;
   Section 4.3's S_u and S_t). Targeted attacks descend the loss towards ``t``, untargeted ones
   ascend the cross-entropy of the true label.
+* The classifier loss of the L-inf attacks (``loss``: ``ce``, the paper's and the default; ``cw``,
+  ``dlr``, ``logodds``: :mod:`.losses`) is a setting, recorded in every result file's settings.
 * L-inf attacks step in pixel space and, after every step, project onto the eps-ball around ``x``
   and onto [0, 1] (:func:`project_linf`).
 * Best-iterate tracking (when ``threshold`` is given): after every iteration the iterate's
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..detection import attack_success
+from .losses import check_loss, objective
 from ..models.base import ModelOutput
 
 
@@ -212,8 +215,9 @@ class LinfIterativeAttack(Attack):
 
     def __init__(self, model, eps, *, step_size: float, steps: int, targeted: bool = False,
                  threshold: float | None = None, random_start: bool = False,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, loss: str = "ce"):
         super().__init__(model, eps, targeted=targeted, threshold=threshold)
+        self.loss = check_loss(loss, model)
         if int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if not step_size >= 0:
@@ -232,12 +236,16 @@ class LinfIterativeAttack(Attack):
         return project_linf(x + (2 * u.to(x.device) - 1) * self.eps, x, self.eps)
 
     def _ce_step(self, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | None, scale: float = 1.0):
-        """One signed cross-entropy step of size ``step_size * scale``, projected.
+        """One signed step of size ``step_size * scale`` on the classifier loss, projected.
 
-        Untargeted: ascend CE(f(x'), y); targeted: descend CE(f(x'), t). Returns (x_next, out on x_adv).
+        ``loss="ce"`` (the paper's): untargeted ascend CE(f(x'), y); targeted descend CE(f(x'), t).
+        Other losses (:mod:`.losses`): ascend the attacker's objective. Returns (x_next, out on x_adv).
         """
         xr = x_adv.detach().requires_grad_(True)
         out = self.model(xr)
+        if self.loss != "ce":
+            (g,) = torch.autograd.grad(objective(self.loss, out.logits, y, target if self.targeted else None).sum(), xr)
+            return project_linf(xr.detach() + (self.step_size * scale) * g.sign(), x, self.eps), detached(out)
         label = target if self.targeted else y
         loss = F.cross_entropy(out.logits, label, reduction="sum")
         (g,) = torch.autograd.grad(loss, xr)

@@ -22,9 +22,9 @@ class BIM(LinfIterativeAttack):
     name = "bim"
 
     def __init__(self, model, eps, *, step_size: float = 0.01, steps: int = 1000, targeted: bool = False,
-                 threshold: float | None = None):
+                 threshold: float | None = None, loss: str = "ce"):
         super().__init__(model, eps, step_size=step_size, steps=steps, targeted=targeted, threshold=threshold,
-                         random_start=False)
+                         random_start=False, loss=loss)
 
     def _iterate(self, x, x_adv, y, target):
         return self._ce_step(x, x_adv, y, target)

@@ -24,9 +24,9 @@ class FGSM(LinfIterativeAttack):
     name = "fgsm"
 
     def __init__(self, model, eps, *, step_size: float = 0.05, targeted: bool = False,
-                 threshold: float | None = None):
+                 threshold: float | None = None, loss: str = "ce"):
         super().__init__(model, eps, step_size=step_size, steps=1, targeted=targeted, threshold=threshold,
-                         random_start=False)
+                         random_start=False, loss=loss)
 
     def _iterate(self, x, x_adv, y, target):
         return self._ce_step(x, x_adv, y, target)

@@ -25,9 +25,10 @@ class PGD(LinfIterativeAttack):
     name = "pgd"
 
     def __init__(self, model, eps, *, step_size: float = 0.01, steps: int = 1000, random_start: bool = True,
-                 generator: torch.Generator | None = None, targeted: bool = False, threshold: float | None = None):
+                 generator: torch.Generator | None = None, targeted: bool = False, threshold: float | None = None,
+                 loss: str = "ce"):
         super().__init__(model, eps, step_size=step_size, steps=steps, targeted=targeted, threshold=threshold,
-                         random_start=random_start, generator=generator)
+                         random_start=random_start, generator=generator, loss=loss)
 
     def _iterate(self, x, x_adv, y, target):
         return self._ce_step(x, x_adv, y, target)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import LinfIterativeAttack, detached, project_linf
+from .losses import objective
 
 
 class RBIM(LinfIterativeAttack):
@@ -55,9 +56,9 @@ class RBIM(LinfIterativeAttack):
 
     def __init__(self, model, eps, *, beta: float = 0.5, step_size: float = 0.01, steps: int = 1000,
                  two_stage: bool = True, targeted: bool = False, threshold: float | None = None,
-                 random_start: bool = False, generator: torch.Generator | None = None):
+                 random_start: bool = False, generator: torch.Generator | None = None, loss: str = "ce"):
         super().__init__(model, eps, step_size=step_size, steps=steps, targeted=targeted, threshold=threshold,
-                         random_start=random_start, generator=generator)
+                         random_start=random_start, generator=generator, loss=loss)
         beta = float(beta)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta}")
@@ -88,7 +89,9 @@ class RBIM(LinfIterativeAttack):
         """One-stage variant: a signed step of c down beta * (+-CE) + (1 - beta) * distance."""
         xr = x_adv.detach().requires_grad_(True)
         out = self.model(xr)
-        if self.targeted:
+        if self.loss != "ce":  # descend -J: the attacker's objective of the chosen loss
+            ce = -objective(self.loss, out.logits, y, target if self.targeted else None).sum()
+        elif self.targeted:
             ce = F.cross_entropy(out.logits, target, reduction="sum")
         else:
             ce = -F.cross_entropy(out.logits, y, reduction="sum")
@@ -122,9 +125,10 @@ class RPGD(RBIM):
 
     def __init__(self, model, eps, *, beta: float = 0.5, step_size: float = 0.01, steps: int = 1000,
                  random_start: bool = True, generator: torch.Generator | None = None, two_stage: bool = True,
-                 targeted: bool = False, threshold: float | None = None):
+                 targeted: bool = False, threshold: float | None = None, loss: str = "ce"):
         super().__init__(model, eps, beta=beta, step_size=step_size, steps=steps, two_stage=two_stage,
-                         targeted=targeted, threshold=threshold, random_start=random_start, generator=generator)
+                         targeted=targeted, threshold=threshold, random_start=random_start, generator=generator,
+                         loss=loss)
 
 
 class RFGSM(RBIM):
@@ -136,6 +140,6 @@ class RFGSM(RBIM):
     name = "r_fgsm"
 
     def __init__(self, model, eps, *, beta: float = 0.5, step_size: float = 0.05, two_stage: bool = True,
-                 targeted: bool = False, threshold: float | None = None):
+                 targeted: bool = False, threshold: float | None = None, loss: str = "ce"):
         super().__init__(model, eps, beta=beta, step_size=step_size, steps=1, two_stage=two_stage,
-                         targeted=targeted, threshold=threshold, random_start=False)
+                         targeted=targeted, threshold=threshold, random_start=False, loss=loss)

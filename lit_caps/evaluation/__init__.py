@@ -9,10 +9,12 @@ Modules (each imports its siblings directly, never through this package):
 - :mod:`.claims`    chunk claims shared by independent processes (TTL, heartbeat, take-over)
 - :mod:`.worker`    computing this process's chunks under claims
 - :mod:`.summary`   the summary numbers and the result assembled from its chunks
+- :mod:`.ensemble`  the per-example worst case over several attacks' results (AutoAttack's ensemble)
 - :mod:`.settings`  attack settings: Appendix C presets, unbounded attacks, checks against the class
 - :mod:`.forward`   batched predictions, ``torch.compile``d forwards
 """
 from .chunks import chunk_seed, load_examples, run_chunk, subset_positions
+from .ensemble import ensemble
 from .claims import ChunkClaim, claim_heartbeat_s, claim_status, claim_ttl_s
 from .evaluate import evaluate_attack
 from .forward import PRECISIONS, attack_precision, compile_requested, compiled_forward, precision_requested, predict_batched
@@ -24,7 +26,7 @@ from .summary import summarize
 
 __all__ = [
     "EXAMPLE_FIELDS", "PRECISIONS", "SCHEMA", "attack_precision", "precision_requested", "ChunkClaim", "chunk_dir", "chunk_seed", "claim_heartbeat_s", "claim_status",
-    "claim_ttl_s", "compile_requested", "compiled_forward", "ensure_writable", "evaluate_attack", "find_results",
+    "claim_ttl_s", "compile_requested", "ensemble", "compiled_forward", "ensure_writable", "evaluate_attack", "find_results",
     "is_unbounded", "load_examples", "load_result", "model_hash", "parse_result", "parse_result_name",
     "predict_batched", "resolve_attack_settings", "result_name", "result_path", "results_frame", "run_chunk",
     "settings_hash", "store_of", "subset_positions", "summarize", "tensor_sha",

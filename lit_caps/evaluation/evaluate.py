@@ -208,7 +208,7 @@ def _job(cfg: dict, src_hash: str | None, *, attack_name, targeted, eps, beta, s
     """Name, result path and chunk store of the evaluation with these settings."""
     shash = settings_hash(cfg)
     name = result_name(attack_name, targeted, eps, len(positions), seed, beta, source_hash=src_hash,
-                       precision=precision)
+                       precision=precision, loss=(cfg.get("attack_settings") or {}).get("loss", "ce"))
     chunks = [positions[i:i + chunk_size] for i in range(0, len(positions), chunk_size)]
     store = ChunkStore(chunk_dir(out_dir, dataset_name, model_name, name, shash),
                        chunk_dir(out_dir, dataset_name, model_name, name), shash, chunks)

@@ -78,9 +78,10 @@ def _fmt(v: float | None) -> str:
 
 
 def result_name(attack: str, targeted: bool, eps: float | None, n: int, seed: int, beta: float | None = None,
-                source_hash: str | None = None, precision: str = "fp32") -> str:
-    """``<attack>-<targeted|untargeted>[-beta<b>]-eps<e>-n<N>-s<seed>[-<precision>][-bb<h>]`` (no
-    extension); ``e`` is ``f"{eps:g}"`` (0.3, 0.0313725) or ``none`` for unbounded attacks (CW-L2);
+                source_hash: str | None = None, precision: str = "fp32", loss: str = "ce") -> str:
+    """``<attack>-<targeted|untargeted>[-beta<b>]-eps<e>-n<N>-s<seed>[-<loss>][-<precision>][-bb<h>]``
+    (no extension); ``e`` is ``f"{eps:g}"`` (0.3, 0.0313725) or ``none`` for unbounded attacks (CW-L2);
+    ``-<loss>`` when the classifier loss is not the paper's cross-entropy (``cw``, ``dlr``, ``logodds``);
     ``-bf16`` when the attack's iterations ran under bf16 autocast (the fast path; fp32 names carry
     nothing, so they are what they always were); ``-bb<h>`` (black-box transfer from a source model)
     with ``h`` the first 8 hex digits of the source's model hash."""
@@ -88,6 +89,8 @@ def result_name(attack: str, targeted: bool, eps: float | None, n: int, seed: in
     if beta is not None:
         parts.append(f"beta{_fmt(beta)}")
     parts += [f"eps{_fmt(eps)}", f"n{int(n)}", f"s{int(seed)}"]
+    if loss != "ce":
+        parts.append(str(loss))
     if precision != "fp32":
         parts.append(str(precision))
     if source_hash is not None:
@@ -97,13 +100,14 @@ def result_name(attack: str, targeted: bool, eps: float | None, n: int, seed: in
 
 _G = r"-?(?:inf|nan|\d+(?:\.\d+)?(?:e[-+]\d+)?)"  # what f"{x:g}" writes
 _NAME_RE = re.compile(rf"(?P<attack>.+)-(?P<targeted>targeted|untargeted)(?:-beta(?P<beta>{_G}))?"
-                      rf"-eps(?P<eps>none|{_G})-n(?P<n>\d+)-s(?P<seed>-?\d+)(?:-(?P<precision>bf16))?"
+                      rf"-eps(?P<eps>none|{_G})-n(?P<n>\d+)-s(?P<seed>-?\d+)(?:-(?P<loss>cw|dlr|logodds))?"
+                      rf"(?:-(?P<precision>bf16))?"
                       rf"(?:-bb(?P<source_hash>[0-9a-f]+))?")
 
 
 def parse_result_name(name: str) -> dict | None:
     """The settings in a name written by :func:`result_name` (with or without ``.json``), as
-    :func:`result_name`'s arguments: ``{attack, targeted, eps, n, seed, beta, source_hash, precision}``
+    :func:`result_name`'s arguments: ``{attack, targeted, eps, n, seed, beta, source_hash, precision, loss}``
     (``result_name(**parse_result_name(x)) == x``); None for any other name. ``eps`` and ``beta``
     are what the name holds (``f"{v:g}"``: 6 significant digits)."""
     m = _NAME_RE.fullmatch(name[:-len(".json")] if name.endswith(".json") else name)
@@ -112,11 +116,12 @@ def parse_result_name(name: str) -> dict | None:
     num = lambda s: None if s is None or s == "none" else float(s)  # noqa: E731
     return {"attack": m["attack"], "targeted": m["targeted"] == "targeted", "eps": num(m["eps"]),
             "n": int(m["n"]), "seed": int(m["seed"]), "beta": num(m["beta"]), "source_hash": m["source_hash"],
-            "precision": m["precision"] or "fp32"}
+            "precision": m["precision"] or "fp32", "loss": m["loss"] or "ce"}
 
 
 def find_results(out_dir, dataset: str, model: str, *, attack: str, targeted: bool, eps: float | None, n: int,
-                 seed: int, source_hash: str | None = None, precision: str = "fp32") -> list[tuple[float | None, Path]]:
+                 seed: int, source_hash: str | None = None, precision: str = "fp32",
+                 loss: str = "ce") -> list[tuple[float | None, Path]]:
     """``(beta, path)`` of every result file of these settings under ``out_dir`` (any beta; None for
     a name without one), from the file names alone, ordered by beta (None first). White-box results
     only unless ``source_hash`` (black-box transfer from that source model) is given. Files kept under
@@ -128,7 +133,7 @@ def find_results(out_dir, dataset: str, model: str, *, attack: str, targeted: bo
             continue
         # the name these settings and the file's beta would have: eps compared as written (f"{eps:g}")
         if p.stem == result_name(attack, targeted, eps, n, seed, got["beta"], source_hash=source_hash,
-                                 precision=precision):
+                                 precision=precision, loss=loss):
             out.append((got["beta"], p))
     return sorted(out, key=lambda bp: (bp[0] is not None, bp[0] or 0.0, bp[1].name))
 

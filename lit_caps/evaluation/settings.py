@@ -71,6 +71,8 @@ def resolve_attack_settings(dataset_name: str, attack_name: str, eps: float | No
             warnings.warn(f"{attack_name} has no L-inf bound: ignoring {dropped}", stacklevel=3)
         base["eps"] = None
     base["eps"] = None if base.get("eps") is None else float(base["eps"])
+    if base.get("loss") == "ce":  # the paper's loss, the default: results keep the identity they always had
+        base.pop("loss")
     if attack_fn is None:
         _check_kwargs(attack_name, base)
     return base

@@ -36,6 +36,8 @@ REGISTRY: dict[str, Experiment] = {e.name: e for e in (
                "class-pair success of targeted R-PGD (Fig. 4)"),
     Experiment("galleries", "galleries", "galleries", "reproduce-galleries", ("mnist", "fashion_mnist"),
                "successful undetected R-PGD examples (Fig. 5 / 11, Fig. 10)"),
+    Experiment("adaptive", "adaptive", "adaptive", "reproduce-adaptive", ("mnist", "fashion_mnist"),
+               "beyond the paper: adaptive attacks (Selective / Orthogonal PGD, APGD joint) and their ensemble"),
 )}
 
 __all__ = ["REGISTRY", "Context", "Experiment"]

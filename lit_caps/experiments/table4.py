@@ -19,6 +19,7 @@ from ..names import DATASETS, model_name
 from ..reporting.markdown import hms
 from ..reporting.paper import paper_table
 from ..runs import ensure_run
+from ..training.metrics import last_val_error, metrics_frame, val_errors
 
 
 def collect_summaries(runs: str | Path, with_store: bool = True) -> list[dict]:
@@ -38,31 +39,6 @@ def collect_summaries(runs: str | Path, with_store: bool = True) -> list[dict]:
 
 #: Clean-error targets of the foundation issue (%, full test split): what the default models must reach.
 CLEAN_ERROR_TARGETS = {"mnist": 1.0, "fashion_mnist": 10.5}
-
-
-def metrics_frame(run_dir: str | Path) -> pd.DataFrame | None:
-    """All of a run's CSV metrics (every Lightning CSV logger version), read once; None if none."""
-    frames = [pd.read_csv(f) for f in sorted(Path(run_dir).glob("csv/**/metrics.csv"))]
-    frames = [f for f in frames if "epoch" in f]
-    return pd.concat(frames) if frames else None
-
-
-def val_errors(run: str | Path | pd.DataFrame | None, metric: str = "val/acc") -> pd.Series | None:
-    """Validation error (%) per epoch, from a run's CSV metrics (its folder or :func:`metrics_frame`;
-    None if not logged). ``metric``: ``val/acc`` (the evaluated model: the weight average when one
-    is kept) or ``val/acc_raw`` (the raw weights of a run that keeps an average)."""
-    d = run if run is None or isinstance(run, pd.DataFrame) else metrics_frame(run)
-    if d is None or metric not in d:
-        return None
-    d = d.dropna(subset=[metric])
-    return None if d.empty else 100 * (1 - d.groupby("epoch")[metric].last().sort_index())
-
-
-def last_val_error(errors: pd.Series | None, epochs: int = 1) -> float | None:
-    """Mean validation error (%) over the last ``epochs`` epochs of :func:`val_errors`. The mean of
-    the last 5 is steadier than the last epoch alone for comparing recipes (Fashion-MNIST's
-    last-epoch validation error moves by 0.3 points)."""
-    return None if errors is None else round(float(errors.iloc[-epochs:].mean()), 2)
 
 
 def _arch_changes(cfg: dict, model: str) -> list[str]:

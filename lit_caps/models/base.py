@@ -64,6 +64,8 @@ class ReconstructionClassifier(nn.Module):
     #: ``lit_caps.evaluation.compiled_forward``): CapsNet's routing fuses well (1.5-1.9x on CPU);
     #: the CNNs' convolutions and matmuls are library calls already (measured in `make bench`: 0.41-0.47x).
     compile_helps: bool = False
+    #: class scores are capsule lengths in (0, 1) (CapsNet), not logits
+    scores_are_lengths: bool = False
     num_classes: int
     image_shape: tuple[int, int, int]
     decoder: Decoder

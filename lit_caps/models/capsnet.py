@@ -99,6 +99,7 @@ class CapsNet(ReconstructionClassifier):
     """
 
     compile_helps = True
+    scores_are_lengths = True  # class scores are capsule lengths in (0, 1) (the attacks' log-odds loss)
 
     def __init__(
         self,

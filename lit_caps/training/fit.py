@@ -72,7 +72,7 @@ def build(cfg: dict):
     module = LitReconstructionClassifier(model=cfg["model"], arch=arch, lr=t["lr"], lr_decay=t.get("lr_decay", 1.0),
                                          weight_decay=t.get("weight_decay", 0.0), recon_weight=t["recon_weight"],
                                          fpr=t.get("fpr", 0.05), capsule_lr_scale=t.get("capsule_lr_scale", 1.0),
-                                         ema_decay=t.get("ema_decay", 0.0))
+                                         ema_decay=t.get("ema_decay", 0.0), compile=t.get("compile", False))
     return dm, module
 
 
@@ -306,6 +306,7 @@ def _train(cfg: dict, run: Path, test: bool, extra_callbacks: list | None) -> di
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "device": str(trainer.strategy.root_device), "checkpoint": str(checkpoint),
         "checkpoint_step": checkpoint_step, "resumed": list(resume.resumes),
+        "compiled_forward": bool(module.compile_training),
     }
     if best is not None:
         summary.update(selected_epoch=best.best_epoch, selected_val_acc=best.best, last_checkpoint=str(last))

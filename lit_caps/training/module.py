@@ -45,10 +45,16 @@ class LitReconstructionClassifier(L.LightningModule):
         fpr: float = 0.05,
         capsule_lr_scale: float = 1.0,
         ema_decay: float = 0.0,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model, **(arch or {}))
+        # compile: the training forward through torch.compile (models whose ``compile_helps``: the
+        # CapsNet's routing fuses; the CNNs run eager). A plain attribute, not a submodule, so the
+        # checkpoint's keys stay the eager model's; compiled on the first training batch.
+        self._train_forward = None
+        self.compile_training = bool(compile) and bool(getattr(self.model, "compile_helps", False))
         self.class_loss_name = class_loss or ("margin" if model.startswith("capsnet") else "cross_entropy")
         metrics = lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=self.model.num_classes,
                                                                           average="micro")
@@ -96,6 +102,24 @@ class LitReconstructionClassifier(L.LightningModule):
         for e, b in zip(self.ema.buffers(), self.model.buffers()):
             e.copy_(b)
 
+    def train_forward(self, x: Tensor):
+        """The training model's forward: compiled (``compile``: one fused graph per batch shape) or eager."""
+        if not self.compile_training:
+            return self.model(x)
+        if self._train_forward is None:
+            self._train_forward = torch.compile(self.model.forward)
+            try:  # compiled on this first call: a machine that cannot compile trains eagerly
+                return self._train_forward(x)
+            except Exception as e:  # noqa: BLE001 - torch.compile's failures have many types
+                import warnings
+
+                warnings.warn(f"torch.compile of the training forward failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); training eagerly "
+                              "(set train.compile=false to skip the attempt)", stacklevel=2)
+                self.compile_training = False
+                return self.model(x)
+        return self._train_forward(x)
+
     def class_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         if self.class_loss_name == "margin":
             return margin_loss(logits, y)
@@ -106,7 +130,7 @@ class LitReconstructionClassifier(L.LightningModule):
         over the ``real`` examples only (a mask: not the DistributedSampler's padding), the rest for all."""
         x, y, idx = batch
         net = self.model if train else self.eval_model()
-        out = net(x)
+        out = self.train_forward(x) if train else net(x)
         pred = out.logits.argmax(1)
         rec = net.reconstruct(out.poses, y if train else pred)
         sse = (rec - x).flatten(1).pow(2).sum(1)
