@@ -288,8 +288,9 @@ def cost_section(arows: list[dict], mrows: list[dict], device: str = "cpu") -> l
             "CPU columns: the R-PGD rows of this run (image-iterations/s of this CPU; Fashion-MNIST's wider arch "
             "scaled by the forward-throughput ratio of the model table), training not included. H200 column: "
             f"a **projection**, not a measurement: the R-PGD FLOPs per image-iteration counted above, at "
-            f"{GPU_UTILIZATION:.0%} of the H200's {H200_FP32_FLOPS / 1e12:.0f} TFLOP/s fp32 peak (an assumption; "
-            "`make gpu-check` measures it: reports/bench_gpu.md). The measured cells of the committed store "
+            f"{GPU_UTILIZATION:.0%} of the H200's {H200_FP32_FLOPS / 1e12:.0f} TFLOP/s fp32 peak (an assumption: at the "
+            "paper scale's 100-image chunks a GPU's small routing kernels are bound by launch latency, so the "
+            "real time may be several times this; `make gpu-check` measures it: reports/bench_gpu.md). The measured cells of the committed store "
             "(wall time against N x iterations) are in reports/README.md."]
 
 

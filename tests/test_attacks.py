@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_caps.attacks import (ATTACKS, BIM, CW, FGSM, PGD, PRESETS, RBIM, RFGSM, RPGD, AttackResult, build_attack,
+from lit_caps.attacks import (ADAPTIVE, ATTACKS, BIM, CW, FGSM, PGD, PRESETS, RBIM, RFGSM, RPGD, AttackResult, build_attack,
                               preset, random_targets, success_mask)
 from lit_caps.models import ModelOutput
 
@@ -52,8 +52,10 @@ def _same_grads(model, before):
 def _fast(name, **kw):
     """Short settings per attack (few iterations) for the sanity checks."""
     s = {"eps": 0.3}
-    if name in ("bim", "pgd", "r_bim", "r_pgd"):
+    if name in ("bim", "pgd", "r_bim", "r_pgd", "selective_pgd", "orthogonal_pgd"):
         s.update(steps=3, step_size=0.05)
+    if name == "apgd_joint":
+        s.update(steps=3)
     if name == "cw":
         s = {"eps": None, "steps": 3, "binary_search_steps": 2, "initial_const": 10.0, "lr": 0.1}
     s.update(kw)
@@ -88,6 +90,10 @@ def test_smoke_shapes_bounds_and_side_effects(trained_models, mnist_test, name, 
         if atk.eps is not None:
             assert (xa - x).abs().max() <= atk.eps + 1e-6
     assert res.best_undetected.shape == (8,) and res.best_undetected.dtype == torch.bool
+    if name in ADAPTIVE:  # built against the detector: they need its threshold
+        with pytest.raises(ValueError, match="threshold"):
+            build_attack(name, model, targeted=targeted, **_fast(name))
+        return
     # without a threshold there is no best-iterate tracking
     res2 = build_attack(name, model, targeted=targeted, **_fast(name))(x, y, t)
     assert res2.best_undetected is None and res2.x_best is None
@@ -180,7 +186,7 @@ class _ConstantWrong(nn.Module):
         return torch.zeros(x.shape[0])
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", sorted(set(ATTACKS) - set(ADAPTIVE)))  # the stub has no gradient to follow
 def test_targeted_attack_not_credited_for_wrong_non_target_prediction(name):
     """The stub is always wrong (predicts 7 on digits labelled 0) but never predicts the target 3."""
     model = _ConstantWrong(7)
@@ -380,8 +386,9 @@ def test_presets_follow_appendix_c():
             assert p["eps"] == (None if name == "cw" else pytest.approx(eps))
     it = {"mnist": 1000, "fashion_mnist": 500, "svhn": 200, "cifar10": 200}
     for ds in it:
-        for name in ("bim", "pgd", "r_bim", "r_pgd"):
+        for name in ("bim", "pgd", "r_bim", "r_pgd", "selective_pgd", "orthogonal_pgd"):
             assert preset(ds, name)["steps"] == it[ds] and preset(ds, name)["step_size"] == 0.01
+        assert preset(ds, "apgd_joint")["steps"] == 100  # Croce & Hein's budget
         for name in ("fgsm", "r_fgsm"):
             assert preset(ds, name)["step_size"] == 0.05
         assert preset(ds, "cw")["steps"] == 1000

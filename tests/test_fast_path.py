@@ -119,3 +119,32 @@ def test_the_paper_scale_uses_the_fast_path_only_where_it_passed(monkeypatch):
     assert all(cell_precision(scale_section("quick", s), "capsnet", "r_pgd") == "fp32" for s in ("table3", "rpgd_beta"))
     monkeypatch.setenv("LIT_CAPS_PRECISION", "fp32")  # the user's setting wins
     assert cell_precision(t3, "capsnet", "r_pgd") == "fp32"
+
+
+def test_result_names_carry_the_classifier_loss():
+    ce = result_name("pgd", False, 0.3, 500, 0)
+    cw = result_name("pgd", False, 0.3, 500, 0, loss="cw", precision="bf16")
+    assert cw == ce + "-cw-bf16" and parse_result_name(cw)["loss"] == "cw" and parse_result_name(ce)["loss"] == "ce"
+    assert result_name(**parse_result_name(cw)) == cw
+
+
+def test_paper_cell_report_from_the_committed_results(data_root, tmp_path, monkeypatch):
+    """`lit-caps fastpath-check --paper-cell --steps 100 --only-report`: the committed CapsNet and the
+    committed 100-iteration cells give the committed report's rows (a fresh results folder: the store
+    restores them first)."""
+    import pandas as pd
+
+    from lit_caps.cli import main
+
+    reports = Path(__file__).resolve().parents[1] / "reports"
+    committed = reports / "fastpath_paper_cell_100it.csv"
+    if not committed.is_file():
+        pytest.skip("no committed paper-cell report")
+    monkeypatch.setenv("LIT_CAPS_STORE", str(reports))  # the committed store, read only
+    rc = main(["fastpath-check", "--paper-cell", "--steps", "100", "--only-report", "--out", str(tmp_path / "out"),
+               "--reports", str(tmp_path), "--data-root", str(data_root)])
+    assert rc == 0
+    got = pd.read_csv(tmp_path / "fastpath_paper_cell_100it.csv")
+    want = pd.read_csv(committed)
+    assert list(got["path"]) == ["before: eager fp32", "after: compiled bf16"]
+    assert got.drop(columns=["result"]).equals(want.drop(columns=["result"]))

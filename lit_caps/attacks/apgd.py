@@ -50,7 +50,7 @@ class APGDJoint(DetectorAwareAttack):
 
     name = "apgd_joint"
 
-    def __init__(self, model, eps, *, threshold: float | None, steps: int = 100, lam: float = 1.0,
+    def __init__(self, model, eps, *, threshold: float | None = None, steps: int = 100, lam: float = 1.0,
                  rho: float = 0.75, alpha: float = 0.75, targeted: bool = False, random_start: bool = True,
                  generator: torch.Generator | None = None, loss: str = "cw"):
         super().__init__(model, eps, threshold=threshold, step_size=0.0, steps=steps, targeted=targeted,

@@ -58,7 +58,7 @@ class DetectorAwareAttack(LinfIterativeAttack):
         loss: the classifier objective (:mod:`.losses`).
     """
 
-    def __init__(self, model, eps, *, threshold: float | None, step_size: float = 0.01, steps: int = 1000,
+    def __init__(self, model, eps, *, threshold: float | None = None, step_size: float = 0.01, steps: int = 1000,
                  targeted: bool = False, random_start: bool = True, generator: torch.Generator | None = None,
                  loss: str = "ce"):
         if threshold is None:

@@ -28,13 +28,15 @@ def run_cell(dataset: str, model: str, attack: str, targeted: bool, beta: float 
     ``LIT_CAPS_SWEEP_METRICS`` is set (``lit-caps sweep local``), those metrics as JSON there.
     Agents running the same cell into one results folder split its chunks (claims). The adaptive
     attacks (``selective_pgd``, ``orthogonal_pgd``, ``apgd_joint``) run at the scale's ``adaptive``
-    settings with ``adaptive_overrides`` (lam, step_size, loss) on top: the adaptive report's cells.
+    settings with ``adaptive_overrides`` (lam, step_size, loss) on top: the adaptive report's cells at
+    the scale's settings; other settings (a sweep's) go to ``<results>/variants/<setting><value>-...``.
     Returns the result's summary."""
     table = "adaptive" if attack in ADAPTIVE else "table3" if attack.startswith("r_") else "table1"
     sc = scale_settings(scale, table)
     if adaptive_overrides and table != "adaptive":
         raise ValueError(f"--lam / --step-size / --loss are settings of the adaptive attacks, not of {attack}")
-    sc.update(adaptive_overrides or {})
+    changed = {k: v for k, v in (adaptive_overrides or {}).items() if sc.get(k) != v}
+    sc.update(changed)
     run = ensure_run(dataset, model, scale, seed=seed, runs_root=runs_root, train=train, data_root=data_root)
     if isinstance(run, str):
         raise RunNotFoundError(f"no trained {model} on {dataset} (seed {seed}) under {runs_root}/ for scale "
@@ -42,6 +44,8 @@ def run_cell(dataset: str, model: str, attack: str, targeted: bool, beta: float 
     device = resolve_device(device)
     cell = Cell(model, attack, bool(targeted), None if beta is None else float(beta))
     res_dir = results_dir(out_dir, scale)
+    if changed:  # settings other than the scale's: their own folder, never the report's cells
+        res_dir = res_dir / "variants" / "-".join(f"{k}{v}" for k, v in sorted(changed.items()))
     t0 = time.perf_counter()
     if table == "adaptive":
         res = adaptive_cell(run, dataset, attack, bool(targeted), None, sc, out_dir=res_dir, device=device,

@@ -22,7 +22,8 @@ def test_scales():
     scales = {s: load_scale(s) for s in SCALE_NAMES}
     assert set(scales) == {"smoke", "quick", "paper"}
     for sc in scales.values():
-        assert set(sc) == {"table1", "rpgd_beta", "table7", "table3", "fig1", "table2", "fig3", "fig4", "galleries"}
+        assert set(sc) == {"table1", "rpgd_beta", "table7", "table3", "fig1", "table2", "fig3", "fig4", "galleries",
+                           "adaptive"}
     p = scales["paper"]["table1"]
     assert p["n"] == 1000 and p["steps"] is None and p["cw"] is None
     assert attack_settings("mnist", "pgd", p) == {"steps": 1000}
