@@ -21,7 +21,8 @@ from .reporting.markdown import hms
 from .models import build_model, count_parameters, margin_loss
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
+    """Wait for the device's queued work (CUDA), so that a timer measures it."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -32,10 +33,10 @@ def _timeit(fn, steps: int, device: str, warmup: int = 2) -> float:
         fn()
     times = []
     for _ in range(steps):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 
@@ -290,8 +291,7 @@ def cost_section(arows: list[dict], mrows: list[dict], device: str = "cpu") -> l
             f"a **projection**, not a measurement: the R-PGD FLOPs per image-iteration counted above, at "
             f"{GPU_UTILIZATION:.0%} of the H200's {H200_FP32_FLOPS / 1e12:.0f} TFLOP/s fp32 peak (an assumption: at the "
             "paper scale's 100-image chunks a GPU's small routing kernels are bound by launch latency, so the "
-            "real time may be several times this; `make gpu-check` measures it: reports/bench_gpu.md). The measured cells of the committed store "
-            "(wall time against N x iterations) are in reports/README.md."]
+            "real time may be several times this; `make gpu-check` measures it: reports/bench_gpu.md)."]
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

@@ -57,38 +57,3 @@ def projected_seconds(groups: list[CellGroup], rate: Callable[[str, str], float]
     chunks dealt evenly to ``devices`` (evaluation's rank split, or one sweep agent per GPU)."""
     return sum(g.image_iterations / rate(g.dataset, g.model) for g in groups) / devices
 
-
-def measured_cells(results_root, attack: str = "r_pgd", dataset: str = "mnist") -> list[dict]:
-    """The wall times of finished cells under ``results_root`` (any scale folder below it): one row per
-    (model, N, iterations, precision, compiled), the median throughput over the cells of that kind.
-    What a cell measured, to set beside the image-iterations it did (cost grows linearly if the
-    throughput does not move with N and iterations)."""
-    import gzip
-    import json
-    import statistics
-    from pathlib import Path
-
-    groups: dict = {}
-    for p in Path(results_root).rglob(f"{dataset}/*/{attack}-*.json*"):
-        if "superseded" in p.parts or ".chunks" in p.parts:
-            continue
-        try:
-            with (gzip.open(p, "rt") if p.suffix == ".gz" else open(p)) as f:
-                r = json.load(f)
-        except (OSError, ValueError):
-            continue
-        run, st = r.get("run") or {}, r.get("settings") or {}
-        if r.get("status") != "complete" or not run.get("wall_time_s") or st.get("source_model"):
-            continue
-        steps = (st.get("attack_settings") or {}).get("steps")
-        if not steps:
-            continue
-        key = (st["model"], int(st["n"]), int(steps), run.get("precision", "fp32"), bool(run.get("compiled_chunks")),
-               run.get("device", "cpu"))
-        groups.setdefault(key, []).append(float(run["wall_time_s"]))
-    rows = []
-    for (model, n, steps, prec, comp, dev), walls in sorted(groups.items()):
-        w = statistics.median(walls)
-        rows.append({"model": model, "n": n, "steps": steps, "precision": prec, "compiled": comp, "device": dev,
-                     "cells": len(walls), "median_wall_s": w, "img_iter_s": n * steps / w})
-    return rows

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .bench import bench_attacks, bench_model
+from .bench import bench_attacks, bench_model, sync_device
 from .config import compose
 from .cost import table3_groups, projected_seconds
 from .data import IDX_FILES
@@ -81,11 +81,6 @@ class Budget:
         return self.seconds - (time.perf_counter() - self.t0)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def train_models(data_root: Path, runs_root: Path, device: str, epochs: int, smoke: bool, budget: Budget) -> dict:
     out = {}
     for m in MODELS:
@@ -123,7 +118,7 @@ def rpgd_cells(trained: dict, data_root: Path, results: Path, device: str, n: in
             _, dm, module = load_run(t["summary"]["checkpoint"], [f"data.root={data_root}"])
             dm.setup("test")
             print(f"[gpu-check] R-PGD {m} {path}: N={n}, {steps} iterations", flush=True)
-            _sync(device)
+            sync_device(device)
             t0 = time.perf_counter()
             with torch.inference_mode(False):
                 res = evaluate_attack(module.eval_model(), dm.test_set, "r_pgd", dataset_name="mnist", model_name=m,
@@ -131,7 +126,7 @@ def rpgd_cells(trained: dict, data_root: Path, results: Path, device: str, n: in
                                       val_distances=module.val_distances, settings={"steps": steps},
                                       out_dir=results / path, chunk_size=chunk, device=device, progress=False,
                                       compile=comp, precision=precision)
-            _sync(device)
+            sync_device(device)
             wall = time.perf_counter() - t0
             s = res["summary"]
             rows.append({**row, "status": res.get("status"), "wall_s": round(wall, 2),

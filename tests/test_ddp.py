@@ -95,10 +95,8 @@ def test_two_process_fit_killed_and_resumed_gives_the_uninterrupted_weights(data
     import signal
     import subprocess
     import sys
-    import time
-
     from lit_caps.config import run_dir_for
-    from test_resume import EVERYTHING, csv_rows, weights_sha
+    from test_resume import EVERYTHING, kill_at_step, weights_sha
 
     extra = ["train.limit_train_batches=30", "train.max_epochs=2", "train.checkpoint_every_n_steps=5",
              "train.accelerator=cpu", "train.devices=2"]
@@ -114,20 +112,8 @@ def test_two_process_fit_killed_and_resumed_gives_the_uninterrupted_weights(data
     metrics = run / "csv" / "metrics.csv"
     proc = subprocess.Popen(cmd(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    killed = False
-    try:
-        deadline = time.time() + 900
-        while time.time() < deadline and proc.poll() is None:
-            # epoch 1 logs steps 30..59 (per rank); kill both ranks past step 40, between checkpoints
-            if metrics.is_file() and any(int(r["step"]) >= 40 for r in csv_rows(metrics) if "train/loss" in r):
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.02)
-    finally:
-        if not killed and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # epoch 1 logs steps 30..59 (per rank); kill both ranks past step 40, between checkpoints
+    killed = kill_at_step(proc, metrics, 40, lambda: os.killpg(proc.pid, signal.SIGKILL), 900)
     assert killed, "the 2-process run finished (or stalled) before it could be killed"
     assert not (run / "summary.json").exists()
     ck_step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]

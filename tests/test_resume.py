@@ -69,6 +69,25 @@ def row_keys(rows) -> list:
     return [(r["step"], frozenset(r)) for r in rows]
 
 
+def kill_at_step(proc, metrics, step: int, kill, timeout: float) -> bool:
+    """Call ``kill()`` once ``metrics`` (a run's metrics.csv) logs a training step >= ``step``; True if
+    it did before ``proc`` ended or ``timeout`` passed (then the process is killed anyway)."""
+    killed = False
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and any(int(r["step"]) >= step for r in csv_rows(metrics) if "train/loss" in r):
+                kill()
+                killed = True
+                break
+            time.sleep(0.02)
+    finally:
+        if not killed and proc.poll() is None:
+            kill()
+        proc.wait()
+    return killed
+
+
 # -- kill -9 mid-epoch, then the same command ------------------------------------------------------
 def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_weights_and_rows(data_root, tmp_path):
     extra = ["train.limit_train_batches=40", "train.max_epochs=2", "train.checkpoint_every_n_steps=7"]
@@ -80,19 +99,8 @@ def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_weights_and_rows(d
     run = run_dir_for(cfg, tmp_path / "killed")
     metrics = run / "csv" / "metrics.csv"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline, killed = time.time() + TIMEOUT, False
-        while time.time() < deadline and proc.poll() is None:
-            # epoch 1 runs rows (0-based logging steps) 40..79; kill at step >= 50, between two checkpoints
-            if metrics.is_file() and any(int(r["step"]) >= 50 for r in csv_rows(metrics) if "train/loss" in r):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None and not killed:
-            proc.kill()
-        proc.wait()
+    # epoch 1 runs rows (0-based logging steps) 40..79; kill at step >= 50, between two checkpoints
+    killed = kill_at_step(proc, metrics, 50, lambda: os.kill(proc.pid, signal.SIGKILL), TIMEOUT)
     assert killed, "the run finished (or stalled) before it could be killed mid-epoch"
     assert not (run / "summary.json").exists()
     before = csv_rows(metrics)

@@ -36,6 +36,7 @@ from .cw import CW
 from .fgsm import FGSM
 from .pgd import PGD
 from .reconstructive import RBIM, RFGSM, RPGD
+from ..names import ATTACKS as ATTACK_DISPLAY_NAMES
 from ..validate import check_attack_args  # argument checks without torch (re-exported)
 
 #: name -> attack class
@@ -57,9 +58,7 @@ ADAPTIVE = ("selective_pgd", "orthogonal_pgd", "apgd_joint")
 #: APGD's iterations: Croce & Hein use 100 (its schedule converges in fewer than PGD's fixed steps)
 APGD_STEPS = 100
 
-PAPER_NAMES = {"fgsm": "FGSM", "bim": "BIM", "pgd": "PGD", "cw": "CW", "r_fgsm": "R-FGSM", "r_bim": "R-BIM",
-               "r_pgd": "R-PGD", "selective_pgd": "Selective PGD", "orthogonal_pgd": "Orthogonal PGD",
-               "apgd_joint": "APGD joint"}
+PAPER_NAMES = dict(ATTACK_DISPLAY_NAMES)  # one copy of the names: lit_caps.names
 
 #: Appendix C: L-inf bound per dataset (CIFAR-10: Section 5.4).
 EPSILON = {"mnist": 0.3, "fashion_mnist": 0.1, "svhn": 0.1, "cifar10": 8 / 255}

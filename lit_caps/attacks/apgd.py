@@ -59,15 +59,18 @@ class APGDJoint(DetectorAwareAttack):
             raise ValueError(f"lam must be >= 0, got {lam}")
         self.lam, self.rho, self.alpha = float(lam), float(rho), float(alpha)
 
-    def _direction(self, xr, j, d, success):  # pragma: no cover - APGD runs its own loop
-        raise NotImplementedError
-
     def _value_and_grad(self, x_k, y, target):
+        """(L [B], grad L, d [B], success [B]) at ``x_k``: one forward, one backward."""
         xr = x_k.detach().requires_grad_(True)
         j, d, success = self.objectives(xr, y, target)
         value = j - self.lam * F.relu(d - self.threshold)
         (g,) = torch.autograd.grad(value.sum(), xr)
         return value.detach(), g, d.detach(), success
+
+    def step(self, x_adv, y, target):
+        """The ascent direction of the joint objective (the loop below adds APGD's step schedule)."""
+        _, g, d, success = self._value_and_grad(x_adv, y, target)
+        return g, d, success
 
     def _attack(self, x, y, target):
         view = lambda v: v.view(-1, *([1] * (x.dim() - 1)))  # noqa: E731

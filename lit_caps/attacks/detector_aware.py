@@ -9,9 +9,10 @@ example the best iterate: among the successful iterates, the one with the lowest
 (:class:`LowestDistanceTracker`; Bryniarski et al., ICLR 2022, keep the successful iterate with the
 lowest detector score). It counts as undetected when that ``d <= theta``.
 
-Subclasses implement ``_direction(x_adv, J, d, success) -> [B, C, H, W]`` (the ascent direction
-of this iteration); :class:`DetectorAwareAttack` takes a signed step of ``step_size`` along it and
-projects onto the eps-ball and [0, 1]. (APGD overrides the whole loop: :mod:`.apgd`.)
+Subclasses implement ``step(x_adv, y, target) -> (direction [B, C, H, W], d, success)`` (the ascent
+direction of this iteration, from :meth:`DetectorAwareAttack.objectives`); the base takes a signed
+step of ``step_size`` along it and projects onto the eps-ball and [0, 1]. (APGD runs its own loop
+around its step: :mod:`.apgd`.)
 
 Shapes: x [B,C,H,W] in [0,1], y [B] long, target [B] long (targeted) -> AttackResult with x_adv
 [B,C,H,W], best_undetected [B] bool, x_best [B,C,H,W] (the lowest-d successful iterate, else x_adv).
@@ -74,19 +75,16 @@ class DetectorAwareAttack(LinfIterativeAttack):
         success = success_mask(out.logits.detach().argmax(1), y, target)
         return j, d, success
 
-    def step(self, x_adv: Tensor, y: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """(ascent direction [B,C,H,W], d [B], success [B]) at ``x_adv``: one forward, then
-        :meth:`_direction`'s gradient."""
-        xr = x_adv.detach().requires_grad_(True)
-        j, d, success = self.objectives(xr, y, target)
-        return self._direction(xr, j, d, success), d.detach(), success
-
     @abc.abstractmethod
-    def _direction(self, xr: Tensor, j: Tensor, d: Tensor, success: Tensor) -> Tensor:
-        """The ascent direction [B,C,H,W] of this iteration at ``xr`` (which requires grad)."""
+    def step(self, x_adv: Tensor, y: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(ascent direction [B,C,H,W], d [B], success [B] bool) at ``x_adv``, from its forward pass(es)."""
 
-    def _iterate(self, x, x_adv, y, target):  # pragma: no cover - the loop below is used instead
-        raise NotImplementedError
+    def _iterate(self, x, x_adv, y, target):
+        """One signed step of ``step_size`` along :meth:`step`'s direction, projected; returns
+        ``(x_next, (d, success))``: what the step measured at ``x_adv`` (not the model output that
+        :class:`~lit_caps.attacks.base.LinfIterativeAttack`'s loop passes on; the loop below uses it)."""
+        g, d, success = self.step(x_adv, y, target)
+        return project_linf(x_adv.detach() + self.step_size * g.sign(), x, self.eps), (d, success)
 
     def _attack(self, x, y, target):
         tracker = LowestDistanceTracker(x, self.threshold)
@@ -98,10 +96,10 @@ class DetectorAwareAttack(LinfIterativeAttack):
                     d = self.model.distance(x_adv, out=out)
                     tracker.update(x_adv, success_mask(out.logits.argmax(1), y, target), d)
                 break
-            g, d, success = self.step(x_adv, y, target)
+            x_next, (d, success) = self._iterate(x, x_adv, y, target)
             if i > 0:  # the start is not an iterate
                 tracker.update(x_adv, success, d)
-            x_adv = project_linf(x_adv.detach() + self.step_size * g.sign(), x, self.eps)
+            x_adv = x_next
         best, x_best = tracker.result(x_adv)
         return AttackResult(x_adv.detach(), best, x_best, self.steps)
 

@@ -46,6 +46,3 @@ class OrthogonalPGD(DetectorAwareAttack):
         mask = success[:b].view(-1, *([1] * (x_adv.dim() - 1)))
         direction = torch.where(mask, remove_component(g_det, g_cls), remove_component(g_cls, g_det))
         return direction, d[:b].detach(), success[:b]
-
-    def _direction(self, xr, j, d, success):  # pragma: no cover - step() computes both gradients itself
-        raise NotImplementedError

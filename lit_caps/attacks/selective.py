@@ -24,6 +24,8 @@ class SelectivePGD(DetectorAwareAttack):
 
     name = "selective_pgd"
 
-    def _direction(self, xr, j, d, success):
+    def step(self, x_adv, y, target):
+        xr = x_adv.detach().requires_grad_(True)
+        j, d, success = self.objectives(xr, y, target)
         (g,) = torch.autograd.grad(torch.where(success, -d, j).sum(), xr)
-        return g
+        return g, d.detach(), success

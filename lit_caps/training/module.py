@@ -21,6 +21,7 @@ checkpoint gets the model whose error was reported.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import lightning as L
 import torch
@@ -111,8 +112,6 @@ class LitReconstructionClassifier(L.LightningModule):
             try:  # compiled on this first call: a machine that cannot compile trains eagerly
                 return self._train_forward(x)
             except Exception as e:  # noqa: BLE001 - torch.compile's failures have many types
-                import warnings
-
                 warnings.warn(f"torch.compile of the training forward failed ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); training eagerly "
                               "(set train.compile=false to skip the attempt)", stacklevel=2)
