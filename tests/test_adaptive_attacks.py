@@ -109,13 +109,20 @@ def test_best_iterate_is_real_and_undetected_does_not_fall_with_the_budget(train
     x, y = _batch(mnist_test, 48)
     short = _build(name, model, thr, 0.3, 6)(x, y)
     long = _build(name, model, thr, 0.3, 24)(x, y)
-    for res in (short, long):
+    for res, steps in ((short, 6), (long, 24)):
         _, und = _measure(model, res.x_best, y, None, thr)
         assert torch.equal(und[res.best_undetected], res.best_undetected[res.best_undetected])  # re-measured: real
+        # the first undetected iteration: set exactly for the examples counted, within the budget
+        assert torch.equal(res.first_undetected >= 1, res.best_undetected)
+        assert int(res.first_undetected.max()) <= steps and bool(((res.first_undetected >= 1) | (res.first_undetected == -1)).all())
     if name == "apgd_joint":  # its schedule depends on the budget: the rate, not each example, can only grow
         assert int(long.best_undetected.sum()) >= int(short.best_undetected.sum())
-    else:  # the same trajectory, longer: every example found early is still found
+    else:  # the same trajectory, longer: every example found early is still found, at the same iteration
         assert bool((long.best_undetected | ~short.best_undetected).all())
+        found = short.best_undetected
+        assert torch.equal(long.first_undetected[found], short.first_undetected[found])
+        # the long run read at 6 iterations is the short run
+        assert torch.equal((long.first_undetected >= 1) & (long.first_undetected <= 6), found)
 
 
 def test_adaptive_attacks_need_the_threshold(trained_models):

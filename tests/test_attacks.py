@@ -373,6 +373,9 @@ def test_best_iterate_dominates_last_and_is_real(trained_models, mnist_test, nam
             ok_b = success_mask(out_b.logits.argmax(1), y, t) & (model.distance(res.x_best, out=out_b) <= theta + 1e-4)
             assert (ok_b | ~res.best_undetected).all()
             assert torch.equal(res.x_best[~res.best_undetected], res.x_adv[~res.best_undetected])
+        # the iteration at which each counted example was first found: within the iterations run
+        assert torch.equal(res.first_undetected >= 1, res.best_undetected)
+        assert int(res.first_undetected.max()) <= res.iterations
 
 
 # -- presets --------------------------------------------------------------------------------------

@@ -106,4 +106,4 @@ class APGDJoint(DetectorAwareAttack):
                 eta_last, vmax_last, last = eta.clone(), v_max.clone(), k
             x_prev, x_k, v_prev = x_prev_next.detach(), x_next.detach(), v
         best, x_best = tracker.result(x_max)
-        return AttackResult(x_max.detach(), best, x_best, self.steps)
+        return AttackResult(x_max.detach(), best, x_best, self.steps, tracker.first)

@@ -59,12 +59,18 @@ class AttackResult:
         x_best: ``[B, C, H, W]`` or None (no threshold): the first successful-and-undetected
             iterate per example, else the last iterate (``x_adv``).
         iterations: iterations run (optimizer steps in total for CW, over all binary-search steps).
+        first_undetected: ``[B]`` long or None (no threshold): the iteration (1-based; the tracker's
+            count of iterates seen) at which the example was first successful with
+            ``d <= threshold``, -1 if never. The undetected rate of best-iterate scoring after ``k``
+            iterations is ``mean(1 <= first_undetected <= k)``: one run gives the rate against the
+            iterations (exact for fixed-step attacks; APGD's schedule depends on its total steps).
     """
 
     x_adv: Tensor
     best_undetected: Tensor | None
     x_best: Tensor | None
     iterations: int
+    first_undetected: Tensor | None = None
 
 
 #: Attack success (Section 4.3): the detection module's definition, the one both sides use.
@@ -119,9 +125,12 @@ class BestIterateTracker:
         self.model, self.threshold, self.y, self.target = model, float(threshold), y, target
         self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         self.x_best = torch.zeros_like(x)
+        self.first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+        self.seen = 0  # iterates seen: the iteration number of the current update
 
     @torch.no_grad()
     def update(self, x_iter: Tensor, out, pred: Tensor | None = None) -> None:
+        self.seen += 1
         pred = out.logits.argmax(1) if pred is None else pred
         new = success_mask(pred, self.y, self.target) & ~self.found
         if not bool(new.any()):
@@ -134,6 +143,7 @@ class BestIterateTracker:
             idx = idx[ok]
             self.found[idx] = True
             self.x_best[idx] = xi[ok]
+            self.first[idx] = self.seen
 
     def result(self, x_last: Tensor) -> tuple[Tensor, Tensor]:
         """(best_undetected [B] bool, x_best [B,C,H,W])."""
@@ -273,4 +283,4 @@ class LinfIterativeAttack(Attack):
         with torch.no_grad():
             tracker.update(x_adv, self.model(x_adv))
         best, x_best = tracker.result(x_adv)
-        return AttackResult(x_adv.detach(), best, x_best, self.steps)
+        return AttackResult(x_adv.detach(), best, x_best, self.steps, tracker.first)

@@ -132,4 +132,4 @@ class CW(Attack):
         if tracker is None:
             return AttackResult(x_adv.detach(), None, None, total)
         best, x_best = tracker.result(x_adv)
-        return AttackResult(x_adv.detach(), best, x_best, total)
+        return AttackResult(x_adv.detach(), best, x_best, total, tracker.first)

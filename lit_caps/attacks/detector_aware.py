@@ -35,13 +35,18 @@ class LowestDistanceTracker:
         self.threshold = float(threshold)
         self.best_d = torch.full((x.shape[0],), float("inf"), device=x.device)
         self.x_best = x.detach().clone()
+        #: [B] the iteration at which the example was first successful with d <= threshold (-1: never)
+        self.first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+        self.seen = 0  # iterates seen: the iteration number of the current update
 
     @torch.no_grad()
     def update(self, x_iter: Tensor, success: Tensor, d: Tensor) -> None:
+        self.seen += 1
         better = success & (d.detach().float() < self.best_d)
         if bool(better.any()):
             self.best_d = torch.where(better, d.detach().float(), self.best_d)
             self.x_best[better] = x_iter.detach()[better]
+            self.first = torch.where((self.first < 0) & (self.best_d <= self.threshold), self.seen, self.first)
 
     def result(self, x_last: Tensor) -> tuple[Tensor, Tensor]:
         """(best_undetected [B] bool, x_best [B,C,H,W]: the lowest-d successful iterate, else x_last)."""
@@ -101,7 +106,7 @@ class DetectorAwareAttack(LinfIterativeAttack):
                 tracker.update(x_adv, success, d)
             x_adv = x_next
         best, x_best = tracker.result(x_adv)
-        return AttackResult(x_adv.detach(), best, x_best, self.steps)
+        return AttackResult(x_adv.detach(), best, x_best, self.steps, tracker.first)
 
 
 def per_example_dot(a: Tensor, b: Tensor) -> Tensor:

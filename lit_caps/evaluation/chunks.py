@@ -67,11 +67,12 @@ def load_examples(dataset, positions) -> tuple[Tensor, Tensor, Tensor]:
 
 # -- one chunk -----------------------------------------------------------------------------------
 def _as_result(res, x: Tensor):
-    """(x_adv, best_undetected | None, x_best | None, iterations | None) from an AttackResult or a tensor."""
+    """(x_adv, best_undetected | None, x_best | None, iterations | None, first_undetected | None) from an
+    AttackResult or a tensor."""
     if isinstance(res, Tensor):
-        return res, None, None, None
+        return res, None, None, None, None
     get = (lambda k: res.get(k)) if isinstance(res, dict) else (lambda k: getattr(res, k, None))
-    return get("x_adv"), get("best_undetected"), get("x_best"), get("iterations")
+    return get("x_adv"), get("best_undetected"), get("x_best"), get("iterations"), get("first_undetected")
 
 
 def run_chunk(model, attack, x: Tensor, y: Tensor, index: Tensor, target: Tensor | None, *, threshold: float,
@@ -92,7 +93,7 @@ def run_chunk(model, attack, x: Tensor, y: Tensor, index: Tensor, target: Tensor
         torch.manual_seed(chunk_seed(seed, chunk_id))
         with torch.enable_grad(), attack_precision(precision, device):
             res = attack(x, y, t)
-    x_adv, best_flag, x_best, iters = _as_result(res, x)
+    x_adv, best_flag, x_best, iters, first = _as_result(res, x)
     x_adv = x_adv.detach().to(device)
     adv_pred, adv_dist = predict(model, x_adv)
     success, undetected = attack_outcomes(adv_pred, y, adv_dist, threshold, t)
@@ -110,6 +111,14 @@ def run_chunk(model, attack, x: Tensor, y: Tensor, index: Tensor, target: Tensor
         it = torch.as_tensor(iters).flatten().long().cpu()
         it = it.expand(b).clone() if it.numel() == 1 else it
     cpu = lambda v: v.detach().cpu()
+    extra = {}
+    if first is not None and trust_best_flag and iters is not None:
+        # the attack's own count (its precision, its model); made to agree with the verified flag
+        # above: never counted where the re-measurement says not undetected, the last iteration
+        # where only the re-measurement says undetected
+        first = torch.as_tensor(first).flatten().long().to(best.device)
+        last = int(torch.as_tensor(iters).max())
+        extra["first_undetected"] = cpu(torch.where(best, torch.where(first > 0, first, last), -1)).long()
     return {
         "index": cpu(index).long(), "y": cpu(y).long(),
         "target": cpu(t).long() if t is not None else torch.full((b,), -1, dtype=torch.long),
@@ -117,7 +126,7 @@ def run_chunk(model, attack, x: Tensor, y: Tensor, index: Tensor, target: Tensor
         "adv_pred": cpu(adv_pred).long(), "adv_dist": cpu(adv_dist).float(),
         "success": cpu(success).bool(), "undetected": cpu(undetected).bool(), "best_undetected": cpu(best).bool(),
         "linf": cpu(delta.abs().amax(1)).float(), "l2": cpu(delta.norm(dim=1)).float(), "iterations": it,
-    }
+    } | extra
 
 
 # -- chunk files: written by write_chunk, read back by the store (keep the two side by side) ------

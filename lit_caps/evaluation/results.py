@@ -39,7 +39,7 @@ The result JSON (``schema`` 2)::
                mean_linf, max_linf, mean_l2, linf_violations, mean_iterations,
                undetected_vs_fpr: {fpr: [...], undetected_rate: [...]}},
     examples: {index, y, target, clean_pred, clean_dist, adv_pred, adv_dist, success, undetected,
-               best_undetected, linf, l2, iterations},   # column lists: pandas.DataFrame(r["examples"])
+               best_undetected, linf, l2, iterations[, first_undetected]},   # column lists: pandas.DataFrame(r["examples"])
     sha256
 """
 from __future__ import annotations
@@ -66,6 +66,10 @@ SCHEMA = 2
 #: per-example fields of a result, in order (``target`` is None for untargeted attacks).
 EXAMPLE_FIELDS = ("index", "y", "target", "clean_pred", "clean_dist", "adv_pred", "adv_dist", "success",
                   "undetected", "best_undetected", "linf", "l2", "iterations")
+#: per-example fields a result has when every chunk of it has them: ``first_undetected`` (the
+#: iteration at which best-iterate scoring first counted the example, -1 if never; attacks with a
+#: threshold, from :attr:`~lit_caps.attacks.AttackResult.first_undetected`).
+OPTIONAL_EXAMPLE_FIELDS = ("first_undetected",)
 #: settings recorded but not part of the identity hash (a copy of a checkpoint is the same model).
 _UNHASHED = ("checkpoint", "source_checkpoint")
 #: settings that are paths: recorded relative to the store, resolved from where the file is found.

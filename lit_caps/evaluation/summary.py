@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..detection import roc_auc, undetected_vs_fpr, wilson_interval
 from .chunks import iso_time, lit_caps_version
-from .results import EXAMPLE_FIELDS, SCHEMA
+from .results import EXAMPLE_FIELDS, OPTIONAL_EXAMPLE_FIELDS, SCHEMA
 
 
 def summarize(ex: dict, *, threshold: float, val_distances: Tensor | None = None, eps: float | None = None,
@@ -64,8 +64,10 @@ def assemble(blobs, cfg, shash, name, path, val, world_size, dev, chunk_paths) -
     run info), the settings and ``world_size``, so two processes that assemble the same chunks
     write the same bytes (chunks from before per-chunk run info: the assembler's, and the
     chunk files' modification times)."""
-    rec = {k: torch.cat([b["records"][k] for b in blobs]) for k in EXAMPLE_FIELDS}
-    examples = {k: rec[k].tolist() for k in EXAMPLE_FIELDS}
+    fields = EXAMPLE_FIELDS + tuple(k for k in OPTIONAL_EXAMPLE_FIELDS
+                                    if all(isinstance(b["records"].get(k), torch.Tensor) for b in blobs))
+    rec = {k: torch.cat([b["records"][k] for b in blobs]) for k in fields}
+    examples = {k: rec[k].tolist() for k in fields}
     if not cfg["targeted"]:
         examples["target"] = [None] * len(examples["index"])
     summary = summarize(rec, threshold=cfg["threshold"], val_distances=val, eps=cfg["eps"])

@@ -28,9 +28,10 @@ import torch
 
 from ..attacks import ADAPTIVE
 from ..evaluation import compile_requested, ensemble, evaluate_attack
+from ..io import write_text_atomic
 from ..names import dataset_name, model_name
 from ..reporting.markdown import dur, generation_line, write_report
-from ..reporting.plots import plot_undetected_vs_fpr
+from ..reporting.plots import plot_rates_vs_iterations, plot_undetected_vs_fpr
 from ..runs import data_unavailable, ensure_run
 from .cells import MODELS, iterations, resolve_device, results_dir, scale_settings
 
@@ -40,9 +41,14 @@ MEMBERS = (("R-PGD (last iterate)", "r_pgd", "undetected"), ("R-PGD (best iterat
            ("Orthogonal PGD", "orthogonal_pgd", "best_undetected"), ("APGD joint", "apgd_joint", "best_undetected"))
 
 
+def table3_name(scale: str) -> str:
+    """The stem of Table 3's report at ``scale`` (``table3`` at the paper scale)."""
+    return "table3" if scale == "paper" else f"table3_{scale}"
+
+
 def worst_beta(report_dir, scale: str, dataset: str, model: str, targeted: bool) -> float | None:
     """Table 3's worst beta for the cell at ``scale`` (its report's CSV), None if not there."""
-    path = Path(report_dir) / ("table3.csv" if scale == "paper" else f"table3_{scale}.csv")
+    path = Path(report_dir) / f"{table3_name(scale)}.csv"
     if not path.is_file():
         return None
     df = pd.read_csv(path)
@@ -51,23 +57,40 @@ def worst_beta(report_dir, scale: str, dataset: str, model: str, targeted: bool)
     return None if row.empty else float(row.beta.iloc[0])
 
 
-def attack_settings(attack: str, dataset: str, sc: dict) -> dict:
-    """The settings of one member at a scale (the classifier loss recorded in the result's name)."""
+def member_steps(attack: str, dataset: str, sc: dict) -> int:
+    """Iterations of a member: R-PGD ``steps`` (None: Appendix C's), Selective / Orthogonal PGD
+    ``detector_aware_steps`` (absent: ``steps``), APGD ``apgd_steps``."""
     if attack == "apgd_joint":
-        return {"steps": int(sc["apgd_steps"]), "lam": float(sc["lam"]), "loss": sc["apgd_loss"]}
-    out = {"steps": iterations(dataset, sc.get("steps")), "step_size": float(sc["step_size"])}
+        return int(sc["apgd_steps"])
+    return iterations(dataset, sc.get("steps") if attack == "r_pgd" else sc.get("detector_aware_steps", sc.get("steps")))
+
+
+def apgd_budgets(sc: dict) -> list[int]:
+    """The extra APGD budgets of the rate against iterations (``apgd_curve_steps`` but the scale's
+    own); their results go to ``<results>/variants/steps<k>/`` (a result's file name does not encode
+    its iterations, so they never supersede the scale's run)."""
+    return sorted({int(k) for k in sc.get("apgd_curve_steps") or ()} - {int(sc["apgd_steps"])})
+
+
+def attack_settings(attack: str, dataset: str, sc: dict, apgd_steps: int | None = None) -> dict:
+    """The settings of one member at a scale (the classifier loss recorded in the result's name);
+    ``apgd_steps`` overrides the scale's for APGD (its rate against its iteration budget)."""
+    if attack == "apgd_joint":
+        return {"steps": int(apgd_steps or sc["apgd_steps"]), "lam": float(sc["lam"]), "loss": sc["apgd_loss"]}
+    out = {"steps": member_steps(attack, dataset, sc), "step_size": float(sc["step_size"])}
     if attack != "r_pgd":
         out["loss"] = sc["loss"]
     return out
 
 
-def cell(run, dataset, attack, targeted, beta, sc, *, out_dir, device, only_report, progress, attack_seed):
+def cell(run, dataset, attack, targeted, beta, sc, *, out_dir, device, only_report, progress, attack_seed,
+         apgd_steps: int | None = None):
     """One member's result file (computed unless ``only_report``) at the ``adaptive`` settings ``sc``."""
     with torch.inference_mode(False):
         return evaluate_attack(
             run.model, run.test_set, attack, dataset_name=dataset, model_name=run.name, targeted=targeted, eps=None,
             beta=beta, seed=attack_seed, n=sc["n"], threshold=run.threshold, val_distances=run.val_distances,
-            settings=attack_settings(attack, dataset, sc), out_dir=out_dir, chunk_size=sc["chunk_size"],
+            settings=attack_settings(attack, dataset, sc, apgd_steps), out_dir=out_dir, chunk_size=sc["chunk_size"],
             device=device, progress=progress, fpr=run.fpr, checkpoint=run.checkpoint, only_cached=only_report,
             compile=compile_requested(None, default=sc.get("compile", False)))
 
@@ -103,6 +126,62 @@ def _rows(dataset, model, targeted, results: dict, beta, run) -> tuple[list[dict
     return rows, out[False]
 
 
+#: the iterations at which the rate-against-iterations table reads each member's curve
+CURVE_AT = (10, 25, 50, 100, 200, 300, 500, 1000)
+
+
+def iteration_rows(dataset, model, targeted, results: dict) -> list[dict]:
+    """The best-iterate undetected rate against the iterations, over all N images.
+
+    R-PGD, Selective and Orthogonal PGD: from one run, via each example's ``first_undetected``
+    (the rate after k iterations of a fixed-step attack is the share first counted by k; a result
+    from before that field has no curve). APGD: its step schedule depends on its budget, so one run
+    per budget (``apgd_curve_steps``), each read at its end."""
+    base = {"dataset": dataset, "model": model, "targeted": targeted}
+    rows = []
+    for label, attack, flag in MEMBERS:
+        res = results.get(attack)
+        if flag != "best_undetected" or attack == "apgd_joint" or not res or res.get("status") != "complete":
+            continue
+        first = res["examples"].get("first_undetected")
+        if first is None:
+            continue
+        f = torch.tensor(first)
+        steps = int(res["settings"]["attack_settings"]["steps"])
+        for k in sorted({k for k in CURVE_AT if k < steps} | {steps}):
+            rows.append({**base, "attack": label, "budget": steps, "iterations": k, "how": "one run",
+                         "undetected_pct": round(100 * float(((f >= 1) & (f <= k)).float().mean()), 1)})
+    apgd = sorted((int(r["settings"]["attack_settings"]["steps"]), r) for key, r in results.items()
+                  if key.split("@")[0] == "apgd_joint" and r and r.get("status") == "complete")
+    for steps, r in (apgd if len(apgd) > 1 else ()):  # a curve needs two budgets
+        rows.append({**base, "attack": "APGD joint", "budget": steps, "iterations": steps, "how": "one run per budget",
+                     "undetected_pct": round(100 * r["summary"]["best_undetected_rate"], 1)})
+    return rows
+
+
+def _iterations_md(rows: list[dict]) -> list[str]:
+    """The rate-against-iterations table: a row per (model, targeting, attack), a column per k."""
+    if not rows:
+        return []
+    df = pd.DataFrame(rows)
+    ks = sorted(df.iterations.unique())
+    md = ["## Undetected rate against the iterations", "",
+          "Best-iterate undetected rate (%, all N images, 5% FPR threshold) after k iterations. R-PGD, Selective "
+          "and Orthogonal PGD: one run read at k (each example's first undetected iteration); APGD joint: one run "
+          "per budget k (its step schedule depends on the budget). 'second half': the points the member gained "
+          "over the second half of its iterations (of its largest budget for APGD).", "",
+          "| model | targeted | attack | " + " | ".join(str(k) for k in ks) + " | second half |",
+          "|---|---|---|" + "---|" * (len(ks) + 1)]
+    for (m, t, a), g in df.groupby(["model", "targeted", "attack"], sort=False):
+        at = dict(zip(g.iterations, g.undetected_pct))
+        top = int(g.budget.max())
+        half = g[g.iterations <= top // 2]
+        gain = f"{at[top] - half.undetected_pct.iloc[-1]:+.1f}" if len(half) else ""
+        md.append(f"| {model_name(m)} | {'yes' if t else 'no'} | {a} | "
+                  + " | ".join(f"{at[k]:.1f}" if k in at else "" for k in ks) + f" | {gain} |")
+    return md + [""]
+
+
 def _fill(row: dict, all_: dict, correct: dict, n: int, n_correct: int) -> None:
     for k, v in (("success", all_["success"]), ("undetected", all_["best_undetected"]),
                  ("undetected_correct", correct["best_undetected"])):
@@ -126,7 +205,7 @@ def adaptive(datasets=("mnist", "fashion_mnist"), scale: str = "quick", *, runs_
         if why is not None:
             print(f"[adaptive {scale}] {ds}: not available: {why.splitlines()[0]}", flush=True)
             continue
-        rows, curves = [], {t: {} for t in targeted}
+        rows, curve_rows, curves = [], [], {t: {} for t in targeted}
         for m in models:
             run = ensure_run(ds, m, scale, seed=seed, runs_root=runs_root, train=train and not only_report,
                              data_root=data_root)
@@ -148,12 +227,18 @@ def adaptive(datasets=("mnist", "fashion_mnist"), scale: str = "quick", *, runs_
                         print(f"{tag}: success {100 * s_['success_rate']:.1f}%, best-iterate undetected "
                               f"{100 * s_['best_undetected_rate']:.1f}% (n={s_['n']}, {dur(time.perf_counter() - tc)})",
                               flush=True)
+                for k in apgd_budgets(sc):  # APGD's schedule depends on its budget: one run each
+                    results[f"apgd_joint@{k}"] = cell(run, ds, "apgd_joint", t, None, sc,
+                                                      out_dir=res_dir / "variants" / f"steps{k}", device=device,
+                                                      only_report=only_report, progress=progress,
+                                                      attack_seed=attack_seed, apgd_steps=k)
                 r, ens = _rows(ds, m, t, results, beta, run)
                 rows += r
+                curve_rows += iteration_rows(ds, m, t, results)
                 if ens is not None:
                     curves[t][model_name(m)] = (ens["undetected_vs_fpr"]["fpr"], ens["undetected_vs_fpr"]["undetected_rate"])
-                _report(ds, scale, sc, rows, curves, report_dir, time.perf_counter() - t0)
-        out[ds] = _report(ds, scale, sc, rows, curves, report_dir, time.perf_counter() - t0)
+                _report(ds, scale, sc, rows, curves, report_dir, time.perf_counter() - t0, curve_rows)
+        out[ds] = _report(ds, scale, sc, rows, curves, report_dir, time.perf_counter() - t0, curve_rows)
         print(f"[adaptive {scale}] report: {Path(report_dir) / f'adaptive_{ds}_{scale}.md'}", flush=True)
     return out
 
@@ -194,10 +279,21 @@ def _shortfalls(rows) -> list[str]:
     return out
 
 
-def _report(ds, scale, sc, rows, curves, report_dir, elapsed) -> pd.DataFrame:
+def _report(ds, scale, sc, rows, curves, report_dir, elapsed, curve_rows=()) -> pd.DataFrame:
     stem = f"adaptive_{ds}_{scale}"
     fig_dir = Path(report_dir) / "figures"
     figs = {}
+    if curve_rows:
+        panels = {}
+        for r in curve_rows:
+            key = f"{model_name(r['model'])}, {'targeted' if r['targeted'] else 'untargeted'}"
+            its, rates = panels.setdefault(key, {}).setdefault(r["attack"], ([], []))
+            its.append(r["iterations"])
+            rates.append(r["undetected_pct"] / 100)
+        figs["iterations"] = plot_rates_vs_iterations(
+            panels, fig_dir / f"adaptive_{ds}_iterations_{scale}.png",
+            f"{dataset_name(ds)}: best-iterate undetected rate against the iterations ({scale})")
+        write_text_atomic(Path(report_dir) / f"{stem}_iterations.csv", pd.DataFrame(list(curve_rows)).to_csv(index=False))
     for t, c in curves.items():
         if c:
             kind = "targeted" if t else "untargeted"
@@ -207,10 +303,12 @@ def _report(ds, scale, sc, rows, curves, report_dir, elapsed) -> pd.DataFrame:
     md = [f"# Adaptive attacks against the reconstruction detector: {dataset_name(ds)} ({scale} scale)", "",
           f"Generated by `lit-caps reproduce adaptive --scale {scale}` (= `make reproduce-adaptive SCALE={scale}`). "
           f"The committed default models; N = {sc['n']} seeded test images (attack seed 0; targets drawn from it), "
-          f"the paper's eps; R-PGD, Selective and Orthogonal PGD: {iterations(ds, sc.get('steps'))} iterations of "
-          f"step {sc['step_size']:g} (classifier loss of the new attacks: `{sc['loss']}`); APGD joint: "
+          f"the paper's eps; R-PGD: {member_steps('r_pgd', ds, sc)} iterations, Selective and Orthogonal PGD: "
+          f"{member_steps('selective_pgd', ds, sc)}, of step {sc['step_size']:g} (classifier loss of the new "
+          f"attacks: `{sc['loss']}`); APGD joint: "
           f"{sc['apgd_steps']} iterations, loss `{sc['apgd_loss']}`, lambda {sc['lam']:g}. R-PGD runs at Table 3's worst "
-          f"beta of the same scale (reports/table3_{scale}.md). Undetected: successful with reconstruction distance "
+          f"beta of the same scale ({table3_name(scale)}.md) where that cell is complete, else at beta "
+          f"{float(sc.get('beta_default', 0.5)):g} (the beta column). Undetected: successful with reconstruction distance "
           "<= the detector's threshold (5% FPR on clean validation images), the best iterate per example (the last "
           "iterate for the first row); Wilson 95% intervals. The ensemble counts an image when any member gets it "
           "(AutoAttack's per-example worst case). 'correct only': over the images the model classifies correctly "
@@ -232,10 +330,13 @@ def _report(ds, scale, sc, rows, curves, report_dir, elapsed) -> pd.DataFrame:
         beta = f"{r['beta']:g}" if r.get("beta") is not None else ""
         md.append(head + f" {_ci(r, 'success')} | {_ci(r, 'undetected')} | {_ci(r, 'undetected_correct')} "
                   f"(n={r['n_correct']}) | {beta} | {wall} |")
-    if figs:
+    fpr_figs = {k: p for k, p in figs.items() if k != "iterations"}
+    if fpr_figs:
         md += ["", "Undetected rate of the ensemble against the FPR (a lower bound: the members chose their best "
                "iterates at the 5% threshold; the curve uses each member's final iterate):", ""]
-        md += [f"![{k}](figures/{p.name})" for k, p in figs.items()]
+        md += [f"![{k}](figures/{p.name})" for k, p in fpr_figs.items()]
+    if curve_rows:
+        md += [""] + _iterations_md(list(curve_rows)) + [f"![iterations](figures/{figs['iterations'].name})"]
     md += ["", generation_line(elapsed)]
     return write_report(report_dir, stem, rows, md)
 

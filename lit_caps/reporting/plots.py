@@ -267,6 +267,16 @@ def plot_reconstruction_pairs(pairs: dict, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
+def _save_grid(fig, axes, used: int, path, title: str = "") -> Path:
+    """Hide a panel grid's unused axes, add the title, save."""
+    for ax in axes.ravel()[used:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_undetected_vs_fpr_panels(panels: dict, path, title: str = "", ncols: int | None = None,
                                   colors: dict | None = None) -> Path:
     """Several undetected-rate-vs-FPR panels (Fig. 3; Table 1's attacks): panel title -> curves
@@ -277,12 +287,7 @@ def plot_undetected_vs_fpr_panels(panels: dict, path, title: str = "", ncols: in
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.7 * nrows), squeeze=False)
     for ax, (name, curves) in zip(axes.ravel(), panels.items()):
         _fpr_axes(ax, curves, name, title_size=9, legend_size=7, colors=colors)
-    for ax in axes.ravel()[len(panels):]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save_grid(fig, axes, len(panels), path, title)
 
 
 def plot_training_curves(metrics, path, title: str = "") -> Path:
@@ -336,3 +341,26 @@ def plot_training_curves(metrics, path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def plot_rates_vs_iterations(panels: dict, path, title: str = "", ncols: int = 2) -> Path:
+    """The undetected rate (%) against the iterations (log axis), a panel per title: panel title ->
+    {label: (iterations, rates in [0, 1])}; the points are the measured budgets (markers); a label keeps
+    its colour in every panel."""
+    ncols = min(ncols, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    labels = list(dict.fromkeys(label for curves in panels.values() for label in curves))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}  # one colour per label
+    for ax, (name, curves) in zip(axes.ravel(), panels.items()):
+        for label, (its, rates) in curves.items():
+            ax.plot(_np(its), 100 * _np(rates), marker="o", ms=3, lw=1.5, label=str(label), color=colors[label])
+        ax.set_xscale("log")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("iterations")
+        ax.set_ylabel("Undetected Rate (%)")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=7)
+    return _save_grid(fig, axes, len(panels), path, title)

@@ -26,6 +26,20 @@ def test_adaptive_report_at_smoke_scale(table, data_root, tmp_path):
     assert (kw["report_dir"] / "figures" / "adaptive_mnist_targeted_smoke.png").is_file()
     # the loss of every new attack is part of its result's identity (and name, when not the paper's)
     assert sum(1 for p in (out / "smoke" / "mnist" / "capsnet").glob("apgd_joint-*-cw.json")) == 2
+    # APGD's other budgets are variants: they never supersede the scale's own APGD result
+    assert sum(1 for p in (out / "smoke" / "variants" / "steps2" / "mnist" / "capsnet").glob("apgd_joint-*.json")) == 2
+    assert not list((out / "smoke" / "mnist" / "capsnet").glob("superseded/apgd_joint-*"))
+    # the rate against the iterations: one run read at each k (R-PGD 3, Selective / Orthogonal 4
+    # iterations at the smoke scale), APGD one run per budget; its end is the member's reported rate
+    it = pd.read_csv(kw["report_dir"] / "adaptive_mnist_smoke_iterations.csv")
+    for (m, t, a), g in it.groupby(["model", "targeted", "attack"]):
+        if a != "APGD joint":  # one run read at each k: can only grow
+            assert g.undetected_pct.is_monotonic_increasing, (m, t, a)
+        end = g[g.iterations == g.budget.max()].undetected_pct.iloc[0]
+        assert end == df[(df.model == m) & (df.targeted == t) & (df.attack == a)].undetected_pct.iloc[0], (m, t, a)
+    assert set(it[it.attack == "Selective PGD"].budget) == {4} and set(it[it.attack == "APGD joint"].budget) == {2, 3}
+    assert "## Undetected rate against the iterations" in text
+    assert (kw["report_dir"] / "figures" / "adaptive_mnist_iterations_smoke.png").is_file()
     again = adaptive(("mnist",), "smoke", runs_root=kw["runs_root"], out_dir=out, report_dir=kw["report_dir"],
                      data_root=str(data_root), only_report=True)["mnist"]
     pd.testing.assert_frame_equal(again.drop(columns=["wall_time_s"]), df.drop(columns=["wall_time_s"]))
