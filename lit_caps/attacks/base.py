@@ -123,7 +123,6 @@ class BestIterateTracker:
 
     def __init__(self, model, threshold: float, x: Tensor, y: Tensor, target: Tensor | None):
         self.model, self.threshold, self.y, self.target = model, float(threshold), y, target
-        self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         self.x_best = torch.zeros_like(x)
         self.first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
         self.seen = 0  # iterates seen: the iteration number of the current update
@@ -141,14 +140,18 @@ class BestIterateTracker:
         ok = d <= self.threshold
         if bool(ok.any()):
             idx = idx[ok]
-            self.found[idx] = True
             self.x_best[idx] = xi[ok]
             self.first[idx] = self.seen
+
+    @property
+    def found(self) -> Tensor:
+        """[B] bool: some iterate was successful and undetected."""
+        return self.first >= 1
 
     def result(self, x_last: Tensor) -> tuple[Tensor, Tensor]:
         """(best_undetected [B] bool, x_best [B,C,H,W])."""
         mask = self.found.view(-1, *([1] * (x_last.dim() - 1)))
-        return self.found.clone(), torch.where(mask, self.x_best, x_last.detach())
+        return self.found, torch.where(mask, self.x_best, x_last.detach())
 
 
 class Attack(abc.ABC):
