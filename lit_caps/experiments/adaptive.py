@@ -33,7 +33,7 @@ from ..names import dataset_name, model_name
 from ..reporting.markdown import dur, generation_line, write_report
 from ..reporting.plots import plot_rates_vs_iterations, plot_undetected_vs_fpr
 from ..runs import data_unavailable, ensure_run
-from .cells import MODELS, iterations, resolve_device, results_dir, scale_settings
+from .cells import MODELS, iterations, report_models, resolve_device, results_dir, scale_settings
 
 #: the ensemble's members, in report order: (label, attack, which flag of its result)
 MEMBERS = (("R-PGD (last iterate)", "r_pgd", "undetected"), ("R-PGD (best iterate)", "r_pgd", "best_undetected"),
@@ -206,8 +206,10 @@ def adaptive(datasets=("mnist", "fashion_mnist"), scale: str = "quick", *, runs_
             print(f"[adaptive {scale}] {ds}: not available: {why.splitlines()[0]}", flush=True)
             continue
         rows, curve_rows, curves = [], [], {t: {} for t in targeted}
-        for m in models:
-            run = ensure_run(ds, m, scale, seed=seed, runs_root=runs_root, train=train and not only_report,
+        for m in report_models(models):
+            # a model not asked for is read from the results (never computed) but stays in the report
+            cached = only_report or m not in models
+            run = ensure_run(ds, m, scale, seed=seed, runs_root=runs_root, train=train and not cached,
                              data_root=data_root)
             for t in targeted:
                 if isinstance(run, str):
@@ -220,9 +222,9 @@ def adaptive(datasets=("mnist", "fashion_mnist"), scale: str = "quick", *, runs_
                     tag = f"[adaptive {ds}/{scale}] {m} {'targeted' if t else 'untargeted'} {attack}"
                     tc = time.perf_counter()
                     results[attack] = res = cell(run, ds, attack, t, beta if attack == "r_pgd" else None, sc,
-                                                  out_dir=res_dir, device=device, only_report=only_report,
+                                                  out_dir=res_dir, device=device, only_report=cached,
                                                   progress=progress, attack_seed=attack_seed)
-                    if not only_report and res.get("status") == "complete":
+                    if not cached and res.get("status") == "complete":
                         s_ = res["summary"]
                         print(f"{tag}: success {100 * s_['success_rate']:.1f}%, best-iterate undetected "
                               f"{100 * s_['best_undetected_rate']:.1f}% (n={s_['n']}, {dur(time.perf_counter() - tc)})",
@@ -230,7 +232,7 @@ def adaptive(datasets=("mnist", "fashion_mnist"), scale: str = "quick", *, runs_
                 for k in apgd_budgets(sc):  # APGD's schedule depends on its budget: one run each
                     results[f"apgd_joint@{k}"] = cell(run, ds, "apgd_joint", t, None, sc,
                                                       out_dir=res_dir / "variants" / f"steps{k}", device=device,
-                                                      only_report=only_report, progress=progress,
+                                                      only_report=cached, progress=progress,
                                                       attack_seed=attack_seed, apgd_steps=k)
                 r, ens = _rows(ds, m, t, results, beta, run)
                 rows += r

@@ -27,6 +27,15 @@ from ..reporting.markdown import dur
 from ..runs import LoadedRun, RunNotFoundError, find_run, fit_command, load_trained
 
 MODELS = ("capsnet", "cnn_cr", "cnn_r")
+
+
+def report_models(models) -> tuple:
+    """The models a report covers: all of :data:`MODELS`, then any other model asked for.
+
+    ``--models`` chooses what a run computes, not what its report shows: a run for one model
+    rewrites the report with the other models' rows read from their results (pending where none),
+    so it never drops what earlier runs measured."""
+    return tuple(MODELS) + tuple(m for m in models if m not in MODELS)
 STANDARD_ATTACKS = ("fgsm", "bim", "pgd", "cw")
 
 

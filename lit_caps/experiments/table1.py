@@ -14,7 +14,8 @@ from ..names import ATTACKS, dataset_name, model_name
 from ..reporting.plots import plot_undetected_vs_fpr_panels
 from ..reporting.markdown import pair, paper_pair, write_report
 from ..reporting.paper import rates as paper_rates
-from .cells import MODELS, STANDARD_ATTACKS, Cell, load_runs, resolve_device, results_dir, run_and_report, scale_settings
+from .cells import (MODELS, STANDARD_ATTACKS, Cell, load_runs, report_models, resolve_device, results_dir,
+                    run_and_report, scale_settings)
 from .rows import detail_table, footer, header, models_table, result_row, settings_table
 
 
@@ -36,8 +37,7 @@ def table1(dataset: str = "mnist", scale: str = "quick", runs_root: str | os.Pat
     sc = dict(settings) if settings is not None else scale_settings(scale, "table1")
     device = resolve_device(device)
     # the report always covers the three models; --models only narrows what is computed
-    computed = tuple(models)
-    models = tuple(MODELS) + tuple(m for m in computed if m not in MODELS)
+    computed, models = tuple(models), report_models(models)
     runs = load_runs(runs_root, dataset, [m for m in models if m not in computed], seed, True, data_root)
     runs.update(load_runs(runs_root, dataset, computed, seed, only_report, data_root, what=f"{tag}: "))
     cells = [Cell(m, a, t, compute=m in computed) for a in STANDARD_ATTACKS for t in (True, False) for m in models]

@@ -21,7 +21,7 @@ from ..reporting.paper import rates_all as paper_rates_all
 from ..reporting.plots import plot_rates_vs_beta, plot_undetected_vs_fpr
 from ..runs import data_unavailable, ensure_run
 from ..tracking import log_report
-from .cells import MODELS, beta_series, resolve_device, results_dir, scale_settings
+from .cells import MODELS, beta_series, report_models, resolve_device, results_dir, scale_settings
 from .search import Search, search_beta
 from .table3_report import write_worst_case_report
 
@@ -55,6 +55,8 @@ def worst_case_table(name: str, attacks: tuple, datasets=TABLE3_DATASETS, scale:
     searches: list[Search] = []
     figures: dict = {}
 
+    computed, models = tuple(models), report_models(models)  # the report keeps every model's rows
+
     def report() -> pd.DataFrame:
         return write_worst_case_report(name, stem, scale, sc, datasets, models, attacks, runs, unavailable, searches, paper,
                        report_dir, device, time.perf_counter() - t_start, figures, train_overrides)
@@ -67,18 +69,19 @@ def worst_case_table(name: str, attacks: tuple, datasets=TABLE3_DATASETS, scale:
             report()
             continue
         for m in models:
+            cached = only_report or m not in computed
             try:
-                runs[(ds, m)] = ensure_run(ds, m, scale, seed=seed, runs_root=runs_root, train=train and not only_report,
+                runs[(ds, m)] = ensure_run(ds, m, scale, seed=seed, runs_root=runs_root, train=train and not cached,
                                            overrides=train_overrides, data_root=data_root)
             except Exception as e:  # noqa: BLE001: a failed training becomes a row that says so
-                if not only_report:
+                if not cached:
                     raise
                 runs[(ds, m)] = f"{type(e).__name__}: {e}"
         ds_searches = [Search(ds, m, a, t) for a in attacks for t in (True, False) for m in models]
         searches.extend(ds_searches)
         for s in ds_searches:
             search_beta(runs[(ds, s.model)], s, sc, out_dir=res_dir, device=device, attack_seed=attack_seed,
-                        only_report=only_report, progress=progress, tag=f"{name} {ds}/{scale}")
+                        only_report=only_report or s.model not in computed, progress=progress, tag=f"{name} {ds}/{scale}")
             report()
         figures.update(_figures(name, ds, scale, models, attacks, [s for s in ds_searches], fig_dir,
                                 plot_rates_vs_beta, plot_undetected_vs_fpr))

@@ -43,3 +43,9 @@ def test_adaptive_report_at_smoke_scale(table, data_root, tmp_path):
     again = adaptive(("mnist",), "smoke", runs_root=kw["runs_root"], out_dir=out, report_dir=kw["report_dir"],
                      data_root=str(data_root), only_report=True)["mnist"]
     pd.testing.assert_frame_equal(again.drop(columns=["wall_time_s"]), df.drop(columns=["wall_time_s"]))
+    # a run for one model rewrites the report with every model's rows (the others read, not computed)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
+    one = adaptive(("mnist",), "smoke", runs_root=kw["runs_root"], out_dir=out, report_dir=kw["report_dir"],
+                   data_root=str(data_root), models=("cnn_cr",))["mnist"]
+    pd.testing.assert_frame_equal(one.drop(columns=["wall_time_s"]), df.drop(columns=["wall_time_s"]))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == mtimes
