@@ -60,7 +60,11 @@ CNN_ONLY_ARCH = {"cnn_dropout"}
 
 #: Options added after the first runs, "off" at 0 / false: off, they are left out of the key, so
 #: runs made before an option existed and runs that switch it off explicitly share one hash.
-OFF_WHEN_FALSY = {"train": {"ema_decay", "select_best"}, "data": {"hflip"}}
+OFF_WHEN_FALSY = {"train": {"ema_decay", "select_best"}, "data": {"hflip"}, "arch": {"backbone"}}
+
+#: Options added after the first runs whose default is not falsy: at that default they are left out
+#: of the key too (a run that names the default shares the hash of one that does not).
+OMIT_AT_DEFAULT = {"train": {"lr_schedule": "exponential"}}
 
 RECIPE_ENV = "LIT_CAPS_RECIPE"
 
@@ -205,6 +209,10 @@ def config_key(cfg: dict) -> dict:
         for k in keys:
             if k in c.get(group, {}) and not c[group][k]:
                 c[group].pop(k)
+    for group, defaults in OMIT_AT_DEFAULT.items():
+        for k, v in defaults.items():
+            if c.get(group, {}).get(k, v) == v:
+                c.get(group, {}).pop(k, None)
     arch = c.get("arch", {})
     for k in CNN_ONLY_ARCH:
         # not identifying a CapsNet; nor, at its default 0, a CNN (configs from before the setting

@@ -159,13 +159,14 @@ EXTRA_TYPES: dict[str, dict[str, Spec]] = {
         "limit_train_batches": _LIMIT, "limit_val_batches": _LIMIT, "limit_test_batches": _LIMIT,
         "fast_dev_run": one_of(BOOL, INT), "log_every_n_steps": INT, "capsule_lr_scale": FLOAT, "select_best": BOOL,
         "devices": one_of(INT, STR, list_of(INT)), "precision": one_of(STR, INT), "accelerator": STR,
+        "lr_schedule": STR,
     },
     "data": {
         "root": one_of(STR, NULL), "download": BOOL, "hflip": BOOL, "corruption_seed": INT,
         "cifar10_test_holdout": INT, "limit_train": one_of(INT, NULL),
     },
     "arch": {
-        "num_classes": INT, "bias_init": FLOAT, "decoder_input": STR,
+        "num_classes": INT, "bias_init": FLOAT, "decoder_input": STR, "backbone": one_of(list_of(list_of(INT)), NULL),
         "mean": one_of(list_of(FLOAT), NULL), "std": one_of(list_of(FLOAT), NULL),
     },
 }
@@ -187,7 +188,7 @@ REQUIRED = ("model", "arch_name", "arch", "data", "train", "seed", "data.name", 
             "train.recon_weight")
 
 #: Allowed values of some keys, and ranges: (test, text).
-CHOICES = {"arch.decoder_input": ("masked", "all", "winner")}
+CHOICES = {"arch.decoder_input": ("masked", "all", "winner"), "train.lr_schedule": ("exponential", "onecycle")}
 RANGES = {
     "train.max_epochs": (lambda v: v >= 1, ">= 1"),
     "train.lr": (lambda v: v > 0, "> 0"),

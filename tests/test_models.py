@@ -30,7 +30,7 @@ def test_interface_shapes(name):
     assert torch.allclose(m.distance(x), m.distance(x, out.logits.argmax(1)), atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["sabour", "svhn", "cifar10"])
+@pytest.mark.parametrize("arch", ["sabour", "svhn", "cifar10", "cifar10_fast"])
 def test_other_configs_forward(arch):
     cfg = load_group("arch", arch)
     for name in ("capsnet", "cnn_cr", "cnn_r"):
@@ -42,7 +42,7 @@ def test_other_configs_forward(arch):
 
 
 def test_parameter_counts_equal_within_5_percent():
-    for arch in ("mnist", "mnist_wide", "svhn", "cifar10"):
+    for arch in ("mnist", "mnist_wide", "svhn", "cifar10", "cifar10_fast"):
         cfg = load_group("arch", arch)
         counts = {n: count_parameters(build_model(n, **cfg)) for n in ("capsnet", "cnn_cr", "cnn_r")}
         lo, hi = min(counts.values()), max(counts.values())
@@ -186,3 +186,22 @@ def test_cnn_only_settings_do_not_identify_a_capsnet():
     # pinned: the default MNIST CNN+CR (weight average), and the run without it behind the attack reports
     assert config_hash(compose("cnn_cr", "mnist")) == "6858ee75"
     assert config_hash(compose("cnn_cr", "mnist", overrides=["train.ema_decay=0"])) == "3e2c771c"
+
+
+def test_conv_backbone_shapes_and_parity():
+    """arch.backbone: 3x3 conv blocks between the first conv and the primary capsules, in every model
+    (so the CNNs still mirror the CapsNet exactly); empty, the models and their state-dict keys are
+    those of the paper's configs."""
+    cfg = load_group("arch", "cifar10_fast")
+    m = build_model("capsnet", **cfg).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert m.features(m.normalize(x)).shape == (2, 128, 7, 7) and m.num_primary == 5 * 5 * 16
+    counts = {n: count_parameters(build_model(n, **cfg)) for n in ("capsnet", "cnn_cr", "cnn_r", "capsnet_all")}
+    assert len(set(counts.values())) == 1, counts
+    # DeepCaps-style: its reconstruction network sees one 16-D capsule, not 10 x 16 (1.3% fewer)
+    gap = counts["capsnet"] - count_parameters(build_model("capsnet_winner", **cfg))
+    assert gap == (160 - 16) * 512
+    plain = build_model("capsnet", **MNIST_ARCH)
+    assert not [k for k in plain.state_dict() if k.startswith("backbone.")]
+    with pytest.raises(ValueError, match=r"arch.backbone\[1\] = \[64, 2\]: expected \[channels >= 1, pool 0 or 1\]"):
+        build_model("capsnet", **dict(cfg, backbone=[[64, 1], [64, 2]]))

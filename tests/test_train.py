@@ -193,3 +193,34 @@ def test_options_switched_off_keep_the_hash_of_runs_made_before_them():
     assert config_hash(off) == config_hash(old)
     assert config_hash(compose("cnn_cr", "fashion_mnist", overrides=["train.ema_decay=0.99"])) != config_hash(old)
     assert compose("capsnet", "mnist")["train"]["ema_decay"] == 0.999  # the default keeps a weight average
+
+
+def test_one_cycle_schedule_over_the_whole_run(data_root, tmp_path):
+    """train.lr_schedule=onecycle: per optimizer step, from lr/10 up to lr at a quarter of the run's
+    steps, then linear down to lr/1e4 after its last step; the default (exponential) is not part of a
+    run's identity, so naming it keeps the hash."""
+    from lit_caps.config import ConfigError
+
+    cfg = smoke_cfg("cnn_cr", root=data_root, extra=["train.lr_schedule=onecycle", "train.max_epochs=2",
+                                                     "train.limit_train_batches=4", "train.lr=0.002"])
+    dm, module = build(cfg)
+    lrs = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, accelerator="cpu", logger=False,
+                        default_root_dir=tmp_path, enable_progress_bar=False, enable_checkpointing=False,
+                        callbacks=[Record()])
+    trainer.fit(module, datamodule=dm)
+    assert len(lrs) == 8 and lrs[0] == pytest.approx(2e-4)
+    peak = lrs.index(max(lrs))
+    assert peak == 2 and 1.5e-3 < lrs[peak] <= 2e-3  # the peak near a quarter of the 8 (+1) steps
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))  # rising to it
+    assert all(a > b > 0 for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # then falling, never below 0
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-3 / 10 / 1e3, rel=1e-6)
+    assert config_hash(smoke_cfg("cnn_cr", extra=["train.lr_schedule=exponential"])) == config_hash(smoke_cfg("cnn_cr"))
+    assert config_hash(smoke_cfg("cnn_cr", extra=["train.lr_schedule=onecycle"])) != config_hash(smoke_cfg("cnn_cr"))
+    with pytest.raises(ConfigError, match="train.lr_schedule"):
+        smoke_cfg("cnn_cr", extra=["train.lr_schedule=cosine"])

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbone import backbone_channels, conv_backbone
 from .base import Decoder, ModelOutput, ReconstructionClassifier
 
 SQUASH_EPS = 1e-7
@@ -85,6 +86,8 @@ class CapsNet(ReconstructionClassifier):
     Args:
         image_shape: (C, H, W).
         conv_channels/conv_kernel/conv_stride: the first ReLU conv layer.
+        backbone: ``[[channels, pool], ...]``, 3x3 conv blocks between the first conv and the
+            primary capsules (:mod:`lit_caps.models.backbone`); empty (the paper's models): none.
         primary_types/primary_dim/primary_kernel/primary_stride: the primary-capsule conv, giving
             ``primary_types`` capsule types of ``primary_dim`` on each grid position (squashed).
         capsule_layers: list of (n_capsules, dim) for hidden routed layers (may be empty).
@@ -122,14 +125,17 @@ class CapsNet(ReconstructionClassifier):
         mean=None,
         std=None,
         cnn_dropout: float = 0.0,
+        backbone=None,
     ):
         super().__init__(image_shape, num_classes, mean, std)
         c, h, w = self.image_shape
         self.conv = nn.Conv2d(c, conv_channels, conv_kernel, stride=conv_stride)
-        self.primary = nn.Conv2d(conv_channels, primary_types * primary_dim, primary_kernel, stride=primary_stride)
+        self.backbone = conv_backbone(conv_channels, backbone or ())
+        self.primary = nn.Conv2d(backbone_channels(conv_channels, backbone or ()), primary_types * primary_dim,
+                                 primary_kernel, stride=primary_stride)
         self.primary_types, self.primary_dim = primary_types, primary_dim
         with torch.no_grad():
-            g = self.primary(self.conv(torch.zeros(1, c, h, w))).shape[-1]
+            g = self.primary(self.features(torch.zeros(1, c, h, w))).shape[-1]
         n = g * g * primary_types
         self.num_primary = n
         layers = []
@@ -145,9 +151,12 @@ class CapsNet(ReconstructionClassifier):
         dec_in = class_dim if decoder_input == "winner" else num_classes * class_dim
         self.decoder = Decoder(dec_in, self.image_shape, tuple(decoder_hidden))
 
+    def features(self, x: Tensor) -> Tensor:
+        """The normalized input through the first ReLU conv and the backbone blocks (if any)."""
+        return self.backbone(F.relu(self.conv(x)))
+
     def primary_capsules(self, x: Tensor) -> Tensor:
-        h = F.relu(self.conv(self.normalize(x)))
-        p = self.primary(h)  # [B, types*dim, g, g]
+        p = self.primary(self.features(self.normalize(x)))  # [B, types*dim, g, g]
         b, _, g, _ = p.shape
         p = p.view(b, self.primary_types, self.primary_dim, g, g).permute(0, 1, 3, 4, 2)
         return squash(p.reshape(b, -1, self.primary_dim))

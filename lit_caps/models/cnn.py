@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbone import backbone_channels, conv_backbone
 from .base import Decoder, ModelOutput, ReconstructionClassifier
 
 
@@ -39,6 +40,7 @@ class GroupedCNN(ReconstructionClassifier):
         std=None,
         routing_iterations: int = 3,
         init_gain: float = 1.0,
+        backbone=None,
     ):
         """Takes the shared arch config keys so one config describes all three models; the
         routing-only keys of the shipped configs (routing_iterations, init_gain) are ignored. Any
@@ -52,9 +54,11 @@ class GroupedCNN(ReconstructionClassifier):
         super().__init__(image_shape, num_classes, mean, std)
         c = self.image_shape[0]
         self.conv1 = nn.Conv2d(c, conv_channels, conv_kernel, stride=conv_stride)
-        self.conv2 = nn.Conv2d(conv_channels, primary_types * primary_dim, primary_kernel, stride=primary_stride)
+        self.backbone = conv_backbone(conv_channels, backbone or ())  # the CapsNet's blocks (empty: none)
+        self.conv2 = nn.Conv2d(backbone_channels(conv_channels, backbone or ()), primary_types * primary_dim,
+                               primary_kernel, stride=primary_stride)
         with torch.no_grad():
-            flat = self.conv2(self.conv1(torch.zeros(1, *self.image_shape))).numel()
+            flat = self.conv2(self.backbone(F.relu(self.conv1(torch.zeros(1, *self.image_shape))))).numel()
         sizes = [flat] + [n * d for n, d in capsule_layers]
         hidden = []
         for a, b in zip(sizes[:-1], sizes[1:]):
@@ -69,7 +73,7 @@ class GroupedCNN(ReconstructionClassifier):
         self.decoder = Decoder(num_classes * class_dim, self.image_shape, tuple(decoder_hidden))
 
     def forward(self, x: Tensor) -> ModelOutput:
-        h = F.relu(self.conv1(self.normalize(x)))
+        h = self.backbone(F.relu(self.conv1(self.normalize(x))))
         h = F.relu(self.conv2(h)).flatten(1)
         poses = self.head(self.hidden(h)).view(x.shape[0], self.num_classes, self.class_dim)
         return ModelOutput(logits=poses.sum(-1), poses=poses)

@@ -72,7 +72,8 @@ def build(cfg: dict):
     module = LitReconstructionClassifier(model=cfg["model"], arch=arch, lr=t["lr"], lr_decay=t.get("lr_decay", 1.0),
                                          weight_decay=t.get("weight_decay", 0.0), recon_weight=t["recon_weight"],
                                          fpr=t.get("fpr", 0.05), capsule_lr_scale=t.get("capsule_lr_scale", 1.0),
-                                         ema_decay=t.get("ema_decay", 0.0), compile=t.get("compile", False))
+                                         ema_decay=t.get("ema_decay", 0.0), compile=t.get("compile", False),
+                                         lr_schedule=t.get("lr_schedule", "exponential"))
     return dm, module
 
 

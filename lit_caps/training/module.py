@@ -33,6 +33,10 @@ from ..detection import dedupe_by_index, threshold_at_fpr
 from ..models import build_model, margin_loss
 
 
+#: ``train.lr_schedule``: ``exponential`` (x ``lr_decay`` per epoch, the default) or ``onecycle``.
+LR_SCHEDULES = ("exponential", "onecycle")
+
+
 class LitReconstructionClassifier(L.LightningModule):
     def __init__(
         self,
@@ -47,9 +51,12 @@ class LitReconstructionClassifier(L.LightningModule):
         capsule_lr_scale: float = 1.0,
         ema_decay: float = 0.0,
         compile: bool = False,
+        lr_schedule: str = "exponential",
     ):
         super().__init__()
         self.save_hyperparameters()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         self.model = build_model(model, **(arch or {}))
         # compile: the training forward through torch.compile (models whose ``compile_helps``: the
         # CapsNet's routing fuses; the CNNs run eager). A plain attribute, not a submodule, so the
@@ -231,6 +238,16 @@ class LitReconstructionClassifier(L.LightningModule):
             rest, caps = list(self.model.parameters()), []
         groups = [{"params": rest}] + ([{"params": caps, "lr": self.hparams.lr * k}] if caps else [])
         opt = torch.optim.Adam(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.get("lr_schedule", "exponential") == "onecycle":
+            # one cycle over the whole run (Smith & Topor 2017, as fast CIFAR-10 recipes use): a linear
+            # warm-up from lr / 10 to lr over the first quarter of the steps, then linear to lr / 1e4
+            # after the last step (torch's cycle ends at step total - 1 and goes below 0 past it:
+            # Lightning steps it once per optimizer step, so the cycle is one step longer than the run)
+            steps = int(self.trainer.estimated_stepping_batches) + 1
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=[g.get("lr", self.hparams.lr) for g in groups], total_steps=steps, pct_start=0.25,
+                anneal_strategy="linear", cycle_momentum=False, div_factor=10.0, final_div_factor=1e3)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if self.hparams.lr_decay == 1.0:
             return opt
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.hparams.lr_decay)
