@@ -114,10 +114,25 @@ def _rows(dataset, model, targeted, results: dict, beta, run) -> tuple[list[dict
         rows.append(row)
     if len(members) != len(MEMBERS):
         return rows, None
+    # APGD's other budgets are attacks run on the same images too: the per-example worst case takes
+    # them in (a row each, pending until run)
+    for key in sorted((k for k in results if k.startswith("apgd_joint@")), key=lambda k: int(k.split("@")[1])):
+        res, label = results[key], f"APGD joint ({key.split('@')[1]} iterations)"
+        row = {**base, "attack": label, "beta": None}
+        if not res or res.get("status") != "complete":
+            rows.append({**row, "status": "pending"})
+            continue
+        members[label] = dict(res["examples"])
+        row.update(status="complete", wall_time_s=res["run"]["wall_time_s"], result=res["path"],
+                   settings=";".join(f"{k}={v}" for k, v in sorted(res["settings"]["attack_settings"].items())
+                                     if k not in ("eps",)))
+        rows.append(row)
     out = {}
     for correct_only in (False, True):
         out[correct_only] = ensemble(members, val_distances=run.val_distances, correct_only=correct_only)
     for row in rows:
+        if row["status"] != "complete":
+            continue
         e, c = out[False]["per_member"][row["attack"]], out[True]["per_member"][row["attack"]]
         _fill(row, e, c, out[False]["n"], out[True]["n"])
     ens = {**base, "attack": "Ensemble (per-example worst case)", "status": "complete"}
@@ -205,13 +220,13 @@ def adaptive(datasets=("mnist", "fashion_mnist"), scale: str = "quick", *, runs_
         if why is not None:
             print(f"[adaptive {scale}] {ds}: not available: {why.splitlines()[0]}", flush=True)
             continue
-        rows, curve_rows, curves = [], [], {t: {} for t in targeted}
+        rows, curve_rows, curves = [], [], {True: {}, False: {}}
         for m in report_models(models):
-            # a model not asked for is read from the results (never computed) but stays in the report
-            cached = only_report or m not in models
-            run = ensure_run(ds, m, scale, seed=seed, runs_root=runs_root, train=train and not cached,
-                             data_root=data_root)
-            for t in targeted:
+            # a model or targeting not asked for is read from the results (never computed) but stays in the report
+            run = ensure_run(ds, m, scale, seed=seed, runs_root=runs_root,
+                             train=train and not only_report and m in models, data_root=data_root)
+            for t in (True, False):
+                cached = only_report or m not in models or t not in targeted
                 if isinstance(run, str):
                     rows.append({"dataset": ds, "model": m, "targeted": t, "attack": "-", "status": f"no run: {run}"})
                     continue
@@ -271,7 +286,8 @@ def _shortfalls(rows) -> list[str]:
     out = []
     done = [r for r in rows if r.get("status") == "complete" and "undetected_pct" in r]
     for r in done:
-        if r["attack"] in ("R-PGD (last iterate)", "R-PGD (best iterate)") or r["attack"].startswith("Ensemble"):
+        if (r["attack"] in ("R-PGD (last iterate)", "R-PGD (best iterate)") or r["attack"].startswith("Ensemble")
+                or r["attack"].startswith("APGD joint (")):  # APGD's other budgets: the iterations table
             continue
         ref = next((q for q in done if q["model"] == r["model"] and q["targeted"] == r["targeted"]
                     and q["attack"] == "R-PGD (best iterate)"), None)
@@ -308,7 +324,9 @@ def _report(ds, scale, sc, rows, curves, report_dir, elapsed, curve_rows=()) -> 
           f"the paper's eps; R-PGD: {member_steps('r_pgd', ds, sc)} iterations, Selective and Orthogonal PGD: "
           f"{member_steps('selective_pgd', ds, sc)}, of step {sc['step_size']:g} (classifier loss of the new "
           f"attacks: `{sc['loss']}`); APGD joint: "
-          f"{sc['apgd_steps']} iterations, loss `{sc['apgd_loss']}`, lambda {sc['lam']:g}. R-PGD runs at Table 3's worst "
+          f"{sc['apgd_steps']} iterations, loss `{sc['apgd_loss']}`, lambda {sc['lam']:g}"
+          + (f" (and one run at each of {', '.join(str(k) for k in apgd_budgets(sc))} iterations, members of the "
+             "ensemble too)" if apgd_budgets(sc) else "") + ". R-PGD runs at Table 3's worst "
           f"beta of the same scale ({table3_name(scale)}.md) where that cell is complete, else at beta "
           f"{float(sc.get('beta_default', 0.5)):g} (the beta column). Undetected: successful with reconstruction distance "
           "<= the detector's threshold (5% FPR on clean validation images), the best iterate per example (the last "

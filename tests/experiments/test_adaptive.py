@@ -16,7 +16,8 @@ def test_adaptive_report_at_smoke_scale(table, data_root, tmp_path):
     for m in ("capsnet", "cnn_cr", "cnn_r"):
         for t in (True, False):
             sub = df[(df.model == m) & (df.targeted == t)]
-            assert list(sub.attack) == [label for label, _, _ in MEMBERS] + ["Ensemble (per-example worst case)"]
+            assert list(sub.attack) == [label for label, _, _ in MEMBERS] + ["APGD joint (2 iterations)",
+                                                                              "Ensemble (per-example worst case)"]
             ens = sub.iloc[-1]
             assert ens.undetected_pct >= sub.undetected_pct.iloc[:-1].max()
             assert ens.success_pct >= sub.success_pct.iloc[:-1].max()
@@ -43,9 +44,20 @@ def test_adaptive_report_at_smoke_scale(table, data_root, tmp_path):
     again = adaptive(("mnist",), "smoke", runs_root=kw["runs_root"], out_dir=out, report_dir=kw["report_dir"],
                      data_root=str(data_root), only_report=True)["mnist"]
     pd.testing.assert_frame_equal(again.drop(columns=["wall_time_s"]), df.drop(columns=["wall_time_s"]))
-    # a run for one model rewrites the report with every model's rows (the others read, not computed)
+    # a run for one model or one targeting rewrites the report with every row (the others read, not computed)
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
-    one = adaptive(("mnist",), "smoke", runs_root=kw["runs_root"], out_dir=out, report_dir=kw["report_dir"],
-                   data_root=str(data_root), models=("cnn_cr",))["mnist"]
-    pd.testing.assert_frame_equal(one.drop(columns=["wall_time_s"]), df.drop(columns=["wall_time_s"]))
+    for narrow in (dict(models=("cnn_cr",)), dict(targeted=(True,))):
+        one = adaptive(("mnist",), "smoke", runs_root=kw["runs_root"], out_dir=out, report_dir=kw["report_dir"],
+                       data_root=str(data_root), **narrow)["mnist"]
+        pd.testing.assert_frame_equal(one.drop(columns=["wall_time_s"]), df.drop(columns=["wall_time_s"]))
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == mtimes
+    # APGD's other budgets are ensemble members: removing one leaves its row pending, the rest computed
+    gone = next((out / "smoke" / "variants" / "steps2" / "mnist" / "cnn_r").glob("apgd_joint-targeted-*.json"))
+    gone.unlink()
+    less = adaptive(("mnist",), "smoke", runs_root=kw["runs_root"], out_dir=out, report_dir=kw["report_dir"],
+                    data_root=str(data_root), only_report=True)["mnist"]
+    row = less[(less.model == "cnn_r") & less.targeted & (less.attack == "APGD joint (2 iterations)")].iloc[0]
+    assert row.status == "pending" and not gone.exists()
+    ens = less[(less.model == "cnn_r") & less.targeted & less.attack.str.startswith("Ensemble")].iloc[0]
+    assert ens.status == "complete" and ens.undetected_pct <= df[(df.model == "cnn_r") & df.targeted
+                                                                 & df.attack.str.startswith("Ensemble")].undetected_pct.iloc[0]
