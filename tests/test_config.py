@@ -291,7 +291,9 @@ def test_scale_values_are_pinned():
     assert all(isinstance(b, float) for b in quick["table3"]["betas"])
     assert quick["table1"]["cw"] == {"steps": 100, "binary_search_steps": 4, "initial_const": 1.0, "lr": 0.05}
     assert quick["table2"] == {"n": None} and quick["fig1"] == {"n": 1000}
-    assert quick["fig3"]["overrides"] == ["data.cifar10_split_test=true", "data.val_size=1000", "train.max_epochs=5"]
+    assert quick["fig3"]["train"] == "cifar_fast"
+    assert quick["fig3"]["overrides"] == ["arch=cifar10_fast", "data.hflip=true"]
+    assert quick["fig3"]["n"] >= 500
     paper = C.load_scale("paper")
     assert paper["table1"] == {"n": 1000, "chunk_size": 100, "steps": None, "cw": None, "compile": True}
     assert paper["rpgd_beta"]["betas"] == betas and paper["fig3"]["betas"] == betas
