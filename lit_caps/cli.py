@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the trained models")
     p.add_argument("--attack-seed", type=int, default=0, help="seed of the test subset and the targets")
     p.add_argument("--source-seed", type=int, default=1, help="table7: seed of the black-box substitute models")
-    p.add_argument("--betas", nargs="+", type=float, default=None, help="rpgd-beta / table7: beta grid "
+    p.add_argument("--betas", nargs="+", type=float, default=None, help="rpgd-beta / table7 / fig3: beta grid "
                    "(default: the scale's)")
     p.add_argument("--targeted", choices=["both", "true", "false"], default="both",
                    help="rpgd-beta and adaptive: compute only these (adaptive's report keeps both)")
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-root", default=None, help="override the runs' data.root")
     p.add_argument("--progress", action="store_true", help="a progress bar over each attack's chunks")
-    p.add_argument("--refine", type=int, default=None, help="table3/table6: refinement levels around the worst "
+    p.add_argument("--refine", type=int, default=None, help="table3/table6/fig3: refinement levels around the worst "
                    "beta (default: the scale's)")
     p.add_argument("--no-train", action="store_true", help="never train; missing models are pending (or an error)")
     p.add_argument("--no-wandb", action="store_true", help="no W&B run for the report")

@@ -5,8 +5,9 @@
 * ``capsnet_all``: "CapsNet All", every class capsule feeds the reconstruction network (no mask);
 * ``capsnet_winner``: DeepCaps-style, only the winning capsule's vector (unplaced) feeds it.
 
-Targeted R-PGD at eps = 8/255 (step 0.01 clipped to the ball) over a beta grid; the worst beta
-(highest undetected rate) per variant gives the undetected-rate-vs-FPR curve (white box). Black
+Targeted R-PGD at eps = 8/255 (step 0.01 clipped to the ball), its beta searched as Table 3's is (the
+scale's grid, then bisection levels around the worst: :mod:`lit_caps.experiments.search`); the worst
+beta (highest undetected rate) per variant gives the undetected-rate-vs-FPR curve (white box). Black
 box: the same attack crafted on a ``capsnet`` trained with another seed and measured on the seed-0
 ``capsnet`` (Table 7's protocol). The paper's CapsNet reaches 92.2% clean accuracy. ``smoke`` trains
 on 7,000 images of CIFAR-10's test split (a documented stand-in: ``data.cifar10_split_test=true
@@ -29,9 +30,9 @@ from ..reporting.markdown import ci, dur, generation_line, num
 from ..reporting.plots import plot_undetected_vs_fpr_panels
 from ..runs import RunNotFoundError, ensure_run_cfg
 from ..tracking import log_report
-from .cells import Cell, evaluate_cell, iterations, rates_text, resolve_device, results_dir, scale_settings
-from .cells import worst as worst_cell
+from .cells import iterations, resolve_device, results_dir, scale_settings
 from .rows import result_row
+from .search import Search, search_beta
 
 VARIANTS = ("capsnet", "capsnet_all", "capsnet_winner")
 
@@ -64,30 +65,23 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
                        overrides=train_overrides)
     if isinstance(source, str):
         raise RunNotFoundError(f"fig3: no black-box source (capsnet, seed {source_seed}); train it with:\n    {source}")
-    cells = []
-    for v in variants:
-        for b in sc["betas"]:
-            cells.append(("white", v, Cell(v, "r_pgd", True, float(b))))
-    for b in sc["betas"]:
-        cells.append(("black", "capsnet", Cell("capsnet", "r_pgd", True, float(b))))
-    for i, (box, v, c) in enumerate(cells, 1):
-        tc = time.perf_counter()
-        c.result = evaluate_cell(runs[v], c, "cifar10", sc, attack_seed=0, out_dir=res_dir, device=device,
-                                only_report=False, progress=progress, source=source if box == "black" else None)
-        print(f"[fig3 {scale} {i}/{len(cells)}] {box}-box {v} beta={c.beta:g}: "
-              f"{rates_text(c.result['summary'])} ({dur(time.perf_counter() - tc)})", flush=True)
+    # the worst beta of each (box, variant): the scale's grid, then ``refine`` bisection levels
+    # around its worst (Table 3's search, lit_caps.experiments.search)
+    searches = {("white", v): Search("cifar10", v, "r_pgd", True) for v in variants}
+    searches[("black", "capsnet")] = Search("cifar10", "capsnet", "r_pgd", True)
+    for (box, v), srch in searches.items():
+        search_beta(runs[v], srch, sc, out_dir=res_dir, device=device, attack_seed=0, only_report=False,
+                    progress=progress, tag=f"fig3 {scale} {box}-box", source=source if box == "black" else None)
     rows = []
-    for box, v, c in cells:
-        r = result_row("fig3", "cifar10", scale, c, runs[v], None, source if box == "black" else None)
-        r.update(box=box, variant=v, clean_test_acc_pct=round(100 * runs[v].summary["test_acc"], 2),
-                 test_size=runs[v].summary.get("test_size"), train_wall_s=runs[v].summary.get("train_wall_s"))
-        rows.append(r)
+    for (box, v), srch in searches.items():
+        for c in srch.done():
+            r = result_row("fig3", "cifar10", scale, c, runs[v], None, source if box == "black" else None)
+            r.update(box=box, variant=v, clean_test_acc_pct=round(100 * runs[v].summary["test_acc"], 2),
+                     test_size=runs[v].summary.get("test_size"), train_wall_s=runs[v].summary.get("train_wall_s"),
+                     worst=c is srch.worst)
+            rows.append(r)
     df = pd.DataFrame(rows)
-    worst = {}
-    for box in ("white", "black"):
-        for v in (variants if box == "white" else ("capsnet",)):
-            cs = [c for b, vv, c in cells if b == box and vv == v]
-            worst[(box, v)] = worst_cell(cs)
+    worst = {key: srch.worst for key, srch in searches.items()}
     curves_a = {f"{model_name(v)} (beta={worst[('white', v)].beta:g})":
                 (worst[("white", v)].result["summary"]["undetected_vs_fpr"]["fpr"],
                  worst[("white", v)].result["summary"]["undetected_vs_fpr"]["undetected_rate"]) for v in variants}
@@ -105,20 +99,20 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
           f"![Fig. 3](figures/{png.name})", "",
           "**Data and training.** " + _data_text(sc, runs, variants), "",
           f"**Attack.** Targeted R-PGD, eps 8/255, step 0.01 (clipped to the ball), {it} iterations (paper: 200, "
-          f"our Appendix-C-style preset), N = {sc['n']} test images, beta in {', '.join(f'{b:g}' for b in sc['betas'])}; "
-          f"the worst beta (highest undetected rate) of each variant draws its curve. Black box: crafted on a "
+          f"our Appendix-C-style preset), N = {sc['n']} test images, beta grid {', '.join(f'{b:g}' for b in sc['betas'])} "
+          f"then {sc.get('refine', 0)} bisection level(s) around the worst (Table 3's search); "
+          f"the worst beta (highest undetected rate, bold) of each variant draws its curve. Black box: crafted on a "
           f"`capsnet` trained with seed {source_seed}, measured on the seed-{seed} `capsnet`.", "",
           "| box | variant | clean test acc. % | beta | success % [95% CI] | undetected % [95% CI] | best-iterate "
           "undetected % | ROC-AUC | N | wall time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['box']} | {model_name(r['variant'])} | {r['clean_test_acc_pct']:.2f} | {r['beta']:g} | "
+        beta = f"**{r['beta']:g}**" if r["worst"] else f"{r['beta']:g}"
+        md.append(f"| {r['box']} | {model_name(r['variant'])} | {r['clean_test_acc_pct']:.2f} | {beta} | "
                   f"{ci(r, 'success')} | {ci(r, 'undetected')} | {num(r['best_undetected_pct'])} | "
                   f"{num(r['roc_auc'], '{:.3f}')} | {r['n']} | {dur(r['wall_time_s'] or 0)} |")
-    edge = [f"{box}-box {model_name(v)}" for (box, v), w in worst.items() if w is not None
-            and w.beta == max(sc["betas"]) and len(sc["betas"]) > 1]
-    if edge:
-        md += ["", f"The worst beta is the largest of the grid for: {', '.join(edge)}; a larger beta may be worse still "
-               "(`SCALE=paper` searches 0, 0.1, ..., 1)."]
+    md += ["", "Worst beta and its resolution (distance to the nearest evaluated beta on either side): " + "; ".join(
+        f"{box}-box {model_name(v)}: {num(srch.worst.beta, '{:g}')} +- {num(srch.resolution(), '{:g}')}"
+        for (box, v), srch in searches.items() if srch.worst is not None) + "."]
     aucs = [r["roc_auc"] for r in rows if r.get("roc_auc") is not None]
     if aucs and max(aucs) < 0.6:
         md += ["", f"The detector's ROC-AUC between clean and successful adversarial inputs is {min(aucs):.2f}-"
@@ -163,6 +157,12 @@ def _data_text(sc: dict, runs: dict, variants) -> str:
 
 
 def run(ctx, sc: dict) -> None:
-    """``lit-caps reproduce fig3``: :func:`fig3` (CIFAR-10)."""
+    """``lit-caps reproduce fig3``: :func:`fig3` (CIFAR-10); ``--betas`` / ``--refine`` replace the
+    scale's grid / refinement levels."""
+    sc = dict(sc)
+    if ctx.betas:
+        sc["betas"] = [float(b) for b in ctx.betas]
+    if ctx.refine is not None:
+        sc["refine"] = int(ctx.refine)
     fig3(ctx.scale, ctx.runs_root, ctx.out_dir, ctx.report_dir, settings=sc, seed=ctx.seed, source_seed=ctx.source_seed,
          data_root=ctx.data_root, train=ctx.train, device=ctx.device, progress=ctx.progress, wandb_log=ctx.wandb)

@@ -96,8 +96,10 @@ def grid_step(grid) -> float:
 
 
 def search_beta(run, search: Search, sc: dict, *, out_dir, device, attack_seed: int, only_report: bool,
-                progress: bool, tag: str = "") -> Search:
-    """Fill ``search``: the grid, the discovered betas, then ``sc['refine']`` refinement levels."""
+                progress: bool, tag: str = "", source: LoadedRun | None = None) -> Search:
+    """Fill ``search``: the grid, the discovered betas, then ``sc['refine']`` refinement levels.
+    ``source``: a black-box search (the attack crafted on ``source``, measured on ``run``); it reads no
+    other betas (step 2 is white-box only)."""
     ds, m, a, t = search.dataset, search.model, search.attack, search.targeted
     if not isinstance(run, LoadedRun):
         search.note = f"no run: {run}"
@@ -110,13 +112,13 @@ def search_beta(run, search: Search, sc: dict, *, out_dir, device, attack_seed: 
         cell = search.cells.get(beta) or Cell(m, a, t, beta)
         search.cells[beta] = cell
         res = evaluate_cell(run, cell, ds, sc, attack_seed=attack_seed, out_dir=out_dir, device=device,
-                           only_report=True, progress=False)
+                           only_report=True, progress=False, source=source)
         if res.get("status") != "complete" and not only_report:
             head = f"[{tag}] {label(cell)}"
             print(f"{head}: running (n={sc['n']}, {res['settings']['attack_settings']})", flush=True)
             t0 = time.perf_counter()
             res = evaluate_cell(run, cell, ds, sc, attack_seed=attack_seed, out_dir=out_dir, device=device,
-                               only_report=False, progress=progress)
+                               only_report=False, progress=progress, source=source)
             if res.get("status") == "complete":
                 print(f"{head}: done in {dur(time.perf_counter() - t0)}: {rates_text(res['summary'])}",
                       flush=True)
@@ -129,7 +131,7 @@ def search_beta(run, search: Search, sc: dict, *, out_dir, device, attack_seed: 
         ensure(b)
     eps = next((c.result["settings"]["eps"] for c in search.cells.values() if c.result and c.result.get("settings")),
                None)
-    if eps is not None:  # read (never compute) the other betas that agents / sweeps finished
+    if eps is not None and source is None:  # read (never compute) the other betas that agents / sweeps finished
         precision = cell_precision(sc, m, a)
         for b in discover_betas(out_dir, ds, m, a, t, eps, sc["n"], attack_seed, precision):
             if b not in search.cells:
