@@ -72,16 +72,16 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
     for (box, v), srch in searches.items():
         search_beta(runs[v], srch, sc, out_dir=res_dir, device=device, attack_seed=0, only_report=False,
                     progress=progress, tag=f"fig3 {scale} {box}-box", source=source if box == "black" else None)
+    worst = {key: srch.worst for key, srch in searches.items()}
     rows = []
     for (box, v), srch in searches.items():
         for c in srch.done():
             r = result_row("fig3", "cifar10", scale, c, runs[v], None, source if box == "black" else None)
             r.update(box=box, variant=v, clean_test_acc_pct=round(100 * runs[v].summary["test_acc"], 2),
                      test_size=runs[v].summary.get("test_size"), train_wall_s=runs[v].summary.get("train_wall_s"),
-                     worst=c is srch.worst)
+                     worst=c is worst[(box, v)])
             rows.append(r)
     df = pd.DataFrame(rows)
-    worst = {key: srch.worst for key, srch in searches.items()}
     curves_a = {f"{model_name(v)} (beta={worst[('white', v)].beta:g})":
                 (worst[("white", v)].result["summary"]["undetected_vs_fpr"]["fpr"],
                  worst[("white", v)].result["summary"]["undetected_vs_fpr"]["undetected_rate"]) for v in variants}
@@ -111,8 +111,8 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
                   f"{ci(r, 'success')} | {ci(r, 'undetected')} | {num(r['best_undetected_pct'])} | "
                   f"{num(r['roc_auc'], '{:.3f}')} | {r['n']} | {dur(r['wall_time_s'] or 0)} |")
     md += ["", "Worst beta and its resolution (distance to the nearest evaluated beta on either side): " + "; ".join(
-        f"{box}-box {model_name(v)}: {num(srch.worst.beta, '{:g}')} +- {num(srch.resolution(), '{:g}')}"
-        for (box, v), srch in searches.items() if srch.worst is not None) + "."]
+        f"{box}-box {model_name(v)}: {num(worst[(box, v)].beta, '{:g}')} +- {num(srch.resolution(), '{:g}')}"
+        for (box, v), srch in searches.items() if worst[(box, v)] is not None) + "."]
     aucs = [r["roc_auc"] for r in rows if r.get("roc_auc") is not None]
     if aucs and max(aucs) < 0.6:
         md += ["", f"The detector's ROC-AUC between clean and successful adversarial inputs is {min(aucs):.2f}-"
