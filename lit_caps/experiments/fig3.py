@@ -123,8 +123,8 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
     md += ["", "Worst beta and its resolution (distance to the nearest evaluated beta on either side): " + "; ".join(
         f"{box}-box {model_name(v)}: {num(worst[(box, v)].beta, '{:g}')} +- {num(srch.resolution(), '{:g}')}"
         for (box, v), srch in searches.items() if worst[(box, v)] is not None) + "."]
-    partial = [f"{box}-box {model_name(v)} (pending beta {', '.join(f'{b:g}' for b in srch.pending)})"
-               for (box, v), srch in searches.items() if not srch.complete]
+    partial = [f"{box}-box {model_name(v)} ({_pending_text(srch)})" for (box, v), srch in searches.items()
+               if not srch.complete]
     if source_cmd is not None:
         partial.append(f"black-box CapsNet (no seed-{source_seed} source yet: `{source_cmd}`)")
     if partial:
@@ -147,6 +147,16 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
     if wandb_log and not only_report:
         log_report("fig3-cifar10", scale, df.astype(str), {"fig3": png}, {}, res_dir)
     return df
+
+
+def _pending_text(srch: Search) -> str:
+    """What an unfinished search still needs: its pending grid betas (the refinement path is not
+    determined before the grid is done), else its pending refinement betas."""
+    grid = [b for b in srch.pending if b in srch.grid]
+    if grid:
+        more = f", then {srch.refine} refinement level(s)" if srch.refine else ""
+        return f"pending grid beta {', '.join(f'{b:g}' for b in grid)}{more}"
+    return f"pending beta {', '.join(f'{b:g}' for b in srch.pending)}"
 
 
 def _verdict(lo_row: dict, hi_row: dict, k: str = "undetected") -> str:

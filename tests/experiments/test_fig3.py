@@ -48,7 +48,7 @@ def test_fig3_cifar10_smoke(data_root, tmp_path):
     assert len(part) == len(df) - 1 and not Path(gone["result"]).exists()
     assert not part[part["variant"] == "capsnet_all"]["search_complete"].any()
     md = (tmp_path / "part" / "fig3_cifar10_smoke.md").read_text()
-    assert "white-box CapsNet All (pending beta 0" in md
+    assert "white-box CapsNet All (pending grid beta 0, then 1 refinement level(s))" in md
 
 
 def _row(box, variant, beta, success, undetected, *, worst=False, auc=0.8, complete=True, half=3.0):
