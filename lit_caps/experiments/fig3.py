@@ -131,6 +131,13 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
         md += ["", "**Partial.** These searches are not finished, so their worst case may still rise: "
                + "; ".join(partial) + ". Rerun the command above to compute them (finished cells are reused)."]
     md += ["", "## The paper's claims, measured", "", *claims(rows, variants)]
+    models = list(runs.values()) + ([source] if source is not None else [])
+    attack_s = sum(r["wall_time_s"] or 0 for r in rows)
+    train_s = sum(m.summary.get("train_wall_s") or 0 for m in models)
+    devices = ", ".join(sorted({str(r["device"]) for r in rows if r.get("device")})) or "none yet"
+    md += ["", f"**Compute** (device: {devices}): {len(rows)} cells, {dur(attack_s)} of attack wall time summed over "
+           "the cells (each cell's chunks, whichever process computed them; a cell that shared the machine with "
+           f"another process shows a longer time); training the {len(models)} models: {dur(train_s)}."]
     md += ["", "## Models", "", "| variant | seed | epochs | test acc. % (N test) | train wall time | threshold | "
            "parameters | run |", "|---|---|---|---|---|---|---|---|"]
     for v, run in list(runs.items()) + ([("capsnet (black-box source)", source)] if source is not None else []):

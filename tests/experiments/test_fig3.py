@@ -34,6 +34,7 @@ def test_fig3_cifar10_smoke(data_root, tmp_path):
     md = (tmp_path / "reports" / "fig3_cifar10_smoke.md").read_text()
     assert "92.2%" in md and "white-box CapsNet: " in md and "+- 0.5" in md
     assert "**Partial.**" not in md and "## The paper's claims, measured" in md
+    assert f"**Compute** (device: cpu): {len(df)} cells, " in md and "training the 4 models: " in md
     # only_report computes nothing: the same rows from the stored cells; a missing cell makes its search
     # partial (its pending beta named) instead of being recomputed
     kw = dict(runs_root=tmp_path / "runs", out_dir=tmp_path / "results", data_root=str(data_root), wandb_log=False,
