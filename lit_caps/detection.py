@@ -127,6 +127,24 @@ def wilson_interval(k: int | float, n: int, z: float = 1.96) -> tuple[float, flo
     return lo, hi
 
 
+def mcnemar_exact(a, b) -> tuple[int, int, float]:
+    """Exact McNemar test of two paired binary outcomes (the same examples under two conditions).
+
+    ``a``, ``b``: sequences of bools, one per example, in the same order. Returns ``(only_a, only_b, p)``:
+    the examples true in ``a`` only, true in ``b`` only, and the two-sided p-value of ``only_a`` under
+    Binomial(only_a + only_b, 1/2) (McNemar 1947, exact form); no discordant example gives p = 1.
+    Paired data make this test far stronger than comparing two rates' separate intervals."""
+    from scipy.stats import binomtest
+
+    a, b = [bool(x) for x in a], [bool(x) for x in b]
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need the same length, got {len(a)} and {len(b)}")
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    return only_a, only_b, (1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue))
+
+
 # -- DDP-exact metrics ----------------------------------------------------------------------------
 def dedupe_by_index(indices: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
     """Sort per-example results by dataset index and keep the first of each duplicated index

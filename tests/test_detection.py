@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lit_caps.detection import (AttackRates, SuccessRate, UndetectedRate, attack_outcomes, dedupe_by_index,
-                                detection_rates, roc_auc, threshold_at_fpr, undetected_vs_fpr, wilson_interval)
+                                detection_rates, mcnemar_exact, roc_auc, threshold_at_fpr, undetected_vs_fpr,
+                                wilson_interval)
 
 
 def test_targeted_rates_count_only_target_hits_over_all_n():
@@ -94,6 +95,19 @@ def test_roc_auc():
     brute = ((b[:, None] > a[None]).double() + 0.5 * (b[:, None] == a[None]).double()).mean()
     assert roc_auc(a, b) == pytest.approx(float(brute))
     assert math.isnan(roc_auc(clean, torch.zeros(0)))
+
+
+def test_mcnemar_exact():
+    """Counts the discordant pairs each way; p is the two-sided exact binomial tail (McNemar 1947)."""
+    a = [True] * 10 + [False] * 6 + [True] * 2
+    b = [True] * 10 + [True] * 6 + [False] * 2
+    only_a, only_b, p = mcnemar_exact(a, b)
+    assert (only_a, only_b) == (2, 6)
+    assert p == pytest.approx(2 * sum(math.comb(8, k) for k in range(3)) / 2 ** 8)  # 0.289
+    assert mcnemar_exact(a, a) == (0, 0, 1.0)
+    assert mcnemar_exact([False] * 7, [True] * 7)[2] == pytest.approx(2 / 2 ** 7)
+    with pytest.raises(ValueError):
+        mcnemar_exact([True], [True, False])
 
 
 def test_wilson_interval():

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import compose, recipe_env_prefix
+from ..detection import mcnemar_exact
 from ..io import write_text_atomic
 from ..names import model_name
 from ..reporting.markdown import ci, dur, generation_line, num
@@ -82,9 +83,10 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
         search_beta(runs[v], srch, sc, out_dir=res_dir, device=device, attack_seed=0, only_report=only_report,
                     progress=progress, tag=f"fig3 {scale} {box}-box", source=source if box == "black" else None)
     worst = {key: srch.worst for key, srch in searches.items()}
-    rows = []
+    rows, outcomes = [], {}
     for (box, v), srch in searches.items():
         for c in srch.done():
+            outcomes[(box, v, c.beta)] = c.result["examples"]
             r = result_row("fig3", "cifar10", scale, c, runs[v], None, source if box == "black" else None)
             r.update(box=box, variant=v, clean_test_acc_pct=round(100 * runs[v].summary["test_acc"], 2),
                      test_size=runs[v].summary.get("test_size"), train_wall_s=runs[v].summary.get("train_wall_s"),
@@ -130,7 +132,7 @@ def fig3(scale: str = "quick", runs_root="runs", out_dir="results", report_dir="
     if partial:
         md += ["", "**Partial.** These searches are not finished, so their worst case may still rise: "
                + "; ".join(partial) + ". Rerun the command above to compute them (finished cells are reused)."]
-    md += ["", "## The paper's claims, measured", "", *claims(rows, variants)]
+    md += ["", "## The paper's claims, measured", "", *claims(rows, variants, outcomes)]
     models = list(runs.values()) + ([source] if source is not None else [])
     attack_s = sum(r["wall_time_s"] or 0 for r in rows)
     train_s = sum(m.summary.get("train_wall_s") or 0 for m in models)
@@ -177,10 +179,30 @@ def _verdict(lo_row: dict, hi_row: dict, k: str = "undetected") -> str:
     return f"not resolved (95% CIs overlap; the point estimates {'agree' if a < b else 'disagree'})"
 
 
-def claims(rows: list[dict], variants=VARIANTS) -> list[str]:
+def _paired(lo_row: dict, hi_row: dict, outcomes: dict | None, k: str = "undetected",
+            names: tuple[str, str] = ("the lower", "the higher")) -> str:
+    """The paired form of :func:`_verdict`: every cell attacks the same seeded test images with the
+    same targets, so the exact McNemar test on the per-example outcomes (``outcomes[(box, variant,
+    beta)]``: a result file's ``examples``) asks whether ``lo_row``'s ``k`` rate is below ``hi_row``'s,
+    at the 5% level; ``names``: the two cells' names in the text. Empty without outcomes for both rows."""
+    key = lambda r: (r["box"], r["variant"], r["beta"])  # noqa: E731
+    ea, eb = (outcomes or {}).get(key(lo_row)), (outcomes or {}).get(key(hi_row))
+    if ea is None or eb is None:
+        return ""
+    if list(ea["index"]) != list(eb["index"]) or list(ea["target"]) != list(eb["target"]):
+        return "; paired test: not applicable (different images or targets)"
+    only_lo, only_hi, p = mcnemar_exact(ea[k], eb[k])
+    verdict = ("not resolved" if p >= 0.05 else "holds" if only_hi > only_lo else "does not hold (the reverse)")
+    return (f"; paired test (the same {len(ea[k])} images, exact McNemar): {k} under {names[1]} only "
+            f"{only_hi}, under {names[0]} only {only_lo}, p = {p:.2g}: {verdict}")
+
+
+def claims(rows: list[dict], variants=VARIANTS, outcomes: dict | None = None) -> list[str]:
     """Section 5.4's claims (and the issue's detection claim) as verdicts computed from the rows of
     :func:`fig3`: the worst beta of each search (``worst``), and the beta = 1 cell, where R-PGD's
-    detector stage takes zero steps, i.e. plain targeted PGD with the same step and budget."""
+    detector stage takes zero steps, i.e. plain targeted PGD with the same step and budget. Each
+    comparison gets the intervals' verdict (:func:`_verdict`, the rule stated first) and, given the
+    cells' per-example ``outcomes``, the paired test's (:func:`_paired`)."""
     def pick(box, v, *, beta=None):
         rs = [r for r in rows if r["box"] == box and r["variant"] == v and
               (r["worst"] if beta is None else r["beta"] == beta)]
@@ -215,18 +237,21 @@ def claims(rows: list[dict], variants=VARIANTS) -> list[str]:
         out.append(f"- *Black-box R-PGD is much less undetected than white-box on CapsNet*: {_verdict(bb, wb)}. "
                    f"Undetected at 5% FPR, worst beta: black box {ci(bb, 'undetected')} (beta {bb['beta']:g}){tag(bb)} "
                    f"vs white box {ci(wb, 'undetected')} (beta {wb['beta']:g}){tag(wb)}, "
-                   f"{bb['undetected_pct'] - wb['undetected_pct']:+.1f} points.")
+                   f"{bb['undetected_pct'] - wb['undetected_pct']:+.1f} points"
+                   f"{_paired(bb, wb, outcomes, names=('black box', 'white box'))}.")
     else:
         out.append("- *Black-box R-PGD is much less undetected than white-box on CapsNet*: pending.")
     # 3. class-conditional reconstruction: CapsNet < DeepCaps < CapsNet All (undetected, white box)
     ws = {v: pick("white", v) for v in variants}
     if all(ws.values()):
         order = sorted(variants, key=lambda v: ws[v]["undetected_pct"])
-        vs = [f"{_verdict(ws['capsnet'], ws[v])} against {model_name(v)}" for v in variants if v != "capsnet"]
+        vs = [f"CapsNet below {model_name(v)}: {_verdict(ws['capsnet'], ws[v])}"
+              f"{_paired(ws['capsnet'], ws[v], outcomes, names=('CapsNet', model_name(v)))}."
+              for v in variants if v != "capsnet"]
         out.append(f"- *CapsNet (class-conditional) has the lowest white-box undetected rate; the paper's order is "
                    f"CapsNet < DeepCaps < CapsNet All*: ours, lowest first: "
                    + " < ".join(f"{model_name(v)} {ci(ws[v], 'undetected')}{tag(ws[v])}" for v in order)
-                   + f". CapsNet lowest: {'; '.join(vs)}. Paper's order reproduced: "
+                   + f". {' '.join(vs)} Paper's order reproduced: "
                    f"{'yes' if order == ['capsnet', 'capsnet_winner', 'capsnet_all'] else 'no'} (point estimates).")
     else:
         out.append("- *CapsNet has the lowest white-box undetected rate of the three variants*: pending "
@@ -242,8 +267,9 @@ def claims(rows: list[dict], variants=VARIANTS) -> list[str]:
             continue
         out.append(f"- *R-PGD: lower success, higher undetected rate than PGD*, {model_name(v)} (worst beta "
                    f"{w['beta']:g}{tag(w)} vs beta 1): success {ci(w, 'success')} vs {ci(pgd, 'success')}, lower: "
-                   f"{_verdict(w, pgd, 'success')}; undetected {ci(w, 'undetected')} vs {ci(pgd, 'undetected')}, "
-                   f"higher: {_verdict(pgd, w)}.")
+                   f"{_verdict(w, pgd, 'success')}{_paired(w, pgd, outcomes, 'success', ('R-PGD', 'PGD'))}; undetected "
+                   f"{ci(w, 'undetected')} vs {ci(pgd, 'undetected')}, higher: {_verdict(pgd, w)}"
+                   f"{_paired(pgd, w, outcomes, names=('PGD', 'R-PGD'))}.")
     return out
 
 

@@ -85,8 +85,36 @@ def test_fig3_claims_verdicts_follow_the_numbers():
     text = "\n".join(claims(rows))
     assert "): does not hold (AUC < 0.7 for some variant)." in text
     assert "on CapsNet*: does not hold (the reverse, outside the 95% CIs)" in text
-    assert "not resolved (95% CIs overlap; the point estimates disagree) against CapsNet All" in text
-    assert "does not hold (the reverse, outside the 95% CIs) against DeepCaps-style" in text
+    assert "CapsNet below CapsNet All: not resolved (95% CIs overlap; the point estimates disagree)." in text
+    assert "CapsNet below DeepCaps-style: does not hold (the reverse, outside the 95% CIs)." in text
+    assert "paired test" not in text  # no per-example outcomes given
     assert "Paper's order reproduced: no" in text
     # nothing measured yet: every claim says pending
     assert all("pending" in line for line in claims([]))
+
+
+def test_fig3_claims_paired_test_on_the_same_images():
+    """With the cells' per-example outcomes, each comparison adds the exact McNemar test: it resolves
+    a difference the overlapping intervals cannot, and refuses cells of different images or targets."""
+    from lit_caps.experiments.fig3 import claims
+
+    rows = [_row("white", "capsnet", 1.0, 95, 40), _row("white", "capsnet", 0.5, 80, 50, worst=True),
+            _row("white", "capsnet_all", 1.0, 95, 50), _row("white", "capsnet_all", 0.5, 85, 55, worst=True),
+            _row("white", "capsnet_winner", 1.0, 95, 45), _row("white", "capsnet_winner", 0.5, 85, 51, worst=True),
+            _row("black", "capsnet", 0.5, 20, 10, worst=True)]
+
+    def ex(n_undetected, targets=None):
+        return {"index": list(range(100)), "target": targets or [i % 10 for i in range(100)],
+                "undetected": [i < n_undetected for i in range(100)], "success": [i < 80 for i in range(100)]}
+
+    outcomes = {("white", "capsnet", 0.5): ex(50), ("white", "capsnet_all", 0.5): ex(62),
+                ("white", "capsnet_winner", 0.5): ex(51, [0] * 100)}
+    text = "\n".join(claims(rows, outcomes=outcomes))
+    # 12 images undetected only under CapsNet All, none only under CapsNet: p = 2 / 2**12
+    assert ("CapsNet below CapsNet All: not resolved (95% CIs overlap; the point estimates agree); paired test (the "
+            "same 100 images, exact McNemar): undetected under CapsNet All only 12, under CapsNet only 0, "
+            "p = 0.00049: holds.") in text
+    assert ("CapsNet below DeepCaps-style: not resolved (95% CIs overlap; the point estimates agree); paired test: "
+            "not applicable (different images or targets).") in text
+    # cells without outcomes (the black box, beta 1) keep only the intervals' verdict
+    assert "-40.0 points." in text and text.count("paired test") == 2
