@@ -24,10 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import compose, recipe_env_prefix
-from ..detection import mcnemar_exact
 from ..io import write_text_atomic
 from ..names import model_name
-from ..reporting.markdown import ci, dur, generation_line, num
+from ..reporting.markdown import ci, dur, generation_line, num, paired_test
 from ..reporting.plots import plot_undetected_vs_fpr_panels
 from ..runs import RunNotFoundError, ensure_run_cfg
 from ..tracking import log_report
@@ -181,20 +180,10 @@ def _verdict(lo_row: dict, hi_row: dict, k: str = "undetected") -> str:
 
 def _paired(lo_row: dict, hi_row: dict, outcomes: dict | None, k: str = "undetected",
             names: tuple[str, str] = ("the lower", "the higher")) -> str:
-    """The paired form of :func:`_verdict`: every cell attacks the same seeded test images with the
-    same targets, so the exact McNemar test on the per-example outcomes (``outcomes[(box, variant,
-    beta)]``: a result file's ``examples``) asks whether ``lo_row``'s ``k`` rate is below ``hi_row``'s,
-    at the 5% level; ``names``: the two cells' names in the text. Empty without outcomes for both rows."""
+    """The paired form of :func:`_verdict` (:func:`~lit_caps.reporting.markdown.paired_test`) on the
+    rows' per-example outcomes, ``outcomes[(box, variant, beta)]``; empty without them."""
     key = lambda r: (r["box"], r["variant"], r["beta"])  # noqa: E731
-    ea, eb = (outcomes or {}).get(key(lo_row)), (outcomes or {}).get(key(hi_row))
-    if ea is None or eb is None:
-        return ""
-    if list(ea["index"]) != list(eb["index"]) or list(ea["target"]) != list(eb["target"]):
-        return "; paired test: not applicable (different images or targets)"
-    only_lo, only_hi, p = mcnemar_exact(ea[k], eb[k])
-    verdict = ("not resolved" if p >= 0.05 else "holds" if only_hi > only_lo else "does not hold (the reverse)")
-    return (f"; paired test (the same {len(ea[k])} images, exact McNemar): {k} under {names[1]} only "
-            f"{only_hi}, under {names[0]} only {only_lo}, p = {p:.2g}: {verdict}")
+    return paired_test((outcomes or {}).get(key(lo_row)), (outcomes or {}).get(key(hi_row)), k, names)
 
 
 def claims(rows: list[dict], variants=VARIANTS, outcomes: dict | None = None) -> list[str]:

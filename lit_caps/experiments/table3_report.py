@@ -10,7 +10,7 @@ from ..config import recipe_env_prefix
 from ..io import write_text_atomic
 from . import TABLE3_DATASETS
 from ..names import ATTACKS, dataset_name, model_name
-from ..reporting.markdown import ci, diff, dur, num, paper_pair
+from ..reporting.markdown import ci, diff, dur, num, paired_test, paper_pair
 from ..runs import LoadedRun
 from .cells import Cell, iterations, reductions
 from .rows import footer, result_row
@@ -132,7 +132,7 @@ def write_worst_case_report(name, stem, scale, sc, datasets, models, attacks, ru
                    "(the paper's are shown for reference). The data module said:", "", "```",
                    unavailable[ds].rstrip(), "```"]
     md += ["", "## Agreement with the paper", ""]
-    md += _agreement(rows, datasets, attacks)
+    md += _agreement(rows, datasets, attacks, searches)
     md += ["", "## Worst case per cell, with intervals and settings", "",
            "| dataset | model | attack | targeted | worst beta | resolution | betas tried | success % [95% CI] | paper | "
            "diff | undetected % [95% CI] | paper | diff | best-iterate undetected % (its worst beta) | ROC-AUC | N | "
@@ -189,9 +189,16 @@ def write_worst_case_report(name, stem, scale, sc, datasets, models, attacks, ru
     return df
 
 
-def _agreement(rows: list[dict], datasets, attacks) -> list[str]:
+def _agreement(rows: list[dict], datasets, attacks, searches=()) -> list[str]:
     """Plain statements computed from the rows: ordering of the models by undetected rate (ours,
-    paper) and the gap between CapsNet and the better-defended CNN."""
+    paper), the gap between CapsNet and the better-defended CNN, and, from the ``searches``' worst
+    cells, the paired test of CapsNet below that CNN (the same seeded images and targets)."""
+    worst = {(s.dataset, s.model, s.attack, s.targeted): s.worst for s in searches}
+
+    def examples(r):
+        c = worst.get((r["dataset"], r["model"], r["attack"], r["targeted"]))
+        return c.result.get("examples") if c is not None and c.complete else None
+
     out = []
     for ds in datasets:
         for a in attacks:
@@ -216,6 +223,11 @@ def _agreement(rows: list[dict], datasets, attacks) -> list[str]:
                            f"({model_name(lo['model'])}), paper "
                            f"{lo_p['paper_undetected_pct'] - caps['paper_undetected_pct']:+.1f} "
                            f"({model_name(lo_p['model'])}).")
+                if caps and cnn:
+                    lo = min(cnn, key=lambda r: r["undetected_pct"])
+                    test = paired_test(examples(caps), examples(lo), names=(model_name("capsnet"), model_name(lo["model"])))
+                    if test:
+                        gap += f" CapsNet below {model_name(lo['model'])}: {test.removeprefix('; ')}."
                 low = min(rs, key=lambda r: r["undetected_pct"])["model"]
                 low_p = min(rs, key=lambda r: r["paper_undetected_pct"] if r["paper_undetected_pct"] is not None
                             else float("inf"))["model"]

@@ -44,6 +44,17 @@ def test_table3_smoke_columns_and_rows(table, data_root):
     assert cap["diff_undetected_pct"] == pytest.approx(round(cap["undetected_pct"] - 33.7, 1))
     md = (Path(kw["report_dir"]) / "table3_smoke.md").read_text()
     assert "## Agreement with the paper" in md and "Same ordering" in md and "N = 20 test images" in md
+    # the paired test of CapsNet below the lowest CNN: its discordant counts differ by exactly the two
+    # worst cells' difference in undetected images (same 20 images, same targets)
+    for t in (True, False):
+        line = next(x for x in md.splitlines() if x.startswith(f"- MNIST, {'targeted' if t else 'untargeted'} "))
+        got = re.search(r"CapsNet below (CNN\+CR|CNN\+R): paired test \(the same 20 images, exact McNemar\): "
+                        r"undetected under \1 only (\d+), under CapsNet only (\d+), p = [0-9.e+-]+: "
+                        r"(holds|not resolved|does not hold \(the reverse\))\.", line)
+        assert got, line
+        cnn = m[(m["model"] == {"CNN+CR": "cnn_cr", "CNN+R": "cnn_r"}[got[1]]) & (m["targeted"] == t)].iloc[0]
+        caps = m[(m["model"] == "capsnet") & (m["targeted"] == t)].iloc[0]
+        assert int(got[2]) - int(got[3]) == round((cnn["undetected_pct"] - caps["undetected_pct"]) * 20 / 100)
     for kind in ("targeted", "untargeted"):
         assert (Path(kw["report_dir"]) / "figures" / f"fig9_table3_mnist_{kind}_smoke.png").stat().st_size > 1000
         assert (Path(kw["report_dir"]) / "figures" / f"fig2_table3_mnist_{kind}_smoke.png").stat().st_size > 1000
