@@ -158,6 +158,11 @@ def test_ensemble_is_at_least_every_member_and_at_most_their_sum():
         assert all(e >= m - 1e-12 for e, m in zip(ens["undetected_vs_fpr"]["undetected_rate"], r.tolist()))
     first = ens["first_member"]
     assert sum(v is not None for v in first) == ens["best_undetected"]["count"]
+    # the per-example union, for paired tests: its counts are the rates' counts
+    ex = ens["examples"]
+    assert ex["index"] == list(range(200)) and len(ex["target"]) == 200
+    assert all(sum(ex[f]) == ens[f]["count"] for f in ("success", "undetected", "best_undetected"))
+    assert ex["best_undetected"] == [any(m["best_undetected"][i] for m in members.values()) for i in range(200)]
 
 
 def test_ensemble_refuses_members_on_other_images():
@@ -173,6 +178,7 @@ def test_ensemble_over_correct_images_only():
     a["clean_pred"] = [(v + 1) % 10 if i < 10 else v for i, v in enumerate(y.tolist())]  # 10 wrong when clean
     ens = ensemble({"a": a}, correct_only=True)
     assert ens["n"] == 40 and ens["correct_only"]
+    assert ens["examples"]["index"] == list(range(10, 50))
 
 
 def test_adaptive_attacks_run_through_compiled_forwards(trained_models, mnist_test):

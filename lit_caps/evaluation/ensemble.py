@@ -49,6 +49,7 @@ def ensemble(members: dict, *, val_distances: Tensor | None = None, correct_only
 
     Returns {"n", "members": [names], "<flag>": rate block, "per_member": {name: {"<flag>": block}},
     "first_member": [name of the first member (in order) whose best iterate is undetected, or None],
+    "examples": {"index", "target", "<flag>": the union per example} (the kept images, for paired tests),
     "undetected_vs_fpr": {...} (with ``val_distances``)}."""
     names = list(members)
     if not names:
@@ -67,6 +68,8 @@ def ensemble(members: dict, *, val_distances: Tensor | None = None, correct_only
     best = flags["best_undetected"]
     first = torch.where(best.any(0), best.float().argmax(0), torch.full((n,), -1))
     out["first_member"] = [names[i] if i >= 0 else None for i in first.tolist()]
+    out["examples"] = {k: [v for v, kept in zip(exs[0][k], keep.tolist()) if kept] for k in ("index", "target")}
+    out["examples"].update({f: flags[f].any(0).tolist() for f in FLAGS})
     if val_distances is not None and n:
         dist = torch.stack([torch.as_tensor(ex["adv_dist"], dtype=torch.float64)[keep] for ex in exs])
         succ = flags["success"]

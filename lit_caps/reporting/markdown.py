@@ -79,7 +79,8 @@ def paired_test(lo: dict | None, hi: dict | None, k: str = "undetected",
         return "; paired test: not applicable (different images or targets)"
     only_lo, only_hi, p = mcnemar_exact(lo[k], hi[k])
     verdict = "not resolved" if p >= 0.05 else "holds" if only_hi > only_lo else "does not hold (the reverse)"
-    return (f"; paired test (the same {len(lo[k])} images, exact McNemar): {k} under {names[1]} only "
+    what = {"best_undetected": "undetected (best iterate)"}.get(k, k)
+    return (f"; paired test (the same {len(lo[k])} images, exact McNemar): {what} under {names[1]} only "
             f"{only_hi}, under {names[0]} only {only_lo}, p = {p:.2g}: {verdict}")
 
 

@@ -24,6 +24,9 @@ def test_adaptive_report_at_smoke_scale(table, data_root, tmp_path):
             assert sub.iloc[0].beta == worst_beta(kw["report_dir"], "smoke", "mnist", m, t)
     text = (kw["report_dir"] / "adaptive_mnist_smoke.md").read_text()
     assert "**Does CapsNet keep the lowest undetected rate?** targeted: " in text and "not answered" not in text
+    # and the paired test of CapsNet against the lowest other model, on the ensembles' per-example outcomes
+    n = int(df[df.attack.str.startswith("Ensemble")].n.iloc[0])
+    assert text.count(f"paired test (the same {n} images, exact McNemar): undetected (best iterate) under CNN+") == 2
     assert (kw["report_dir"] / "figures" / "adaptive_mnist_targeted_smoke.png").is_file()
     # the loss of every new attack is part of its result's identity (and name, when not the paper's)
     assert sum(1 for p in (out / "smoke" / "mnist" / "capsnet").glob("apgd_joint-*-cw.json")) == 2
