@@ -83,6 +83,7 @@ reports: $(PY)
 	$(VENV)/bin/lit-caps fastpath-check --only-report --paper-cell --steps 100
 	$(VENV)/bin/lit-caps reproduce adaptive --scale quick --data mnist fashion_mnist --only-report --no-wandb
 	$(VENV)/bin/lit-caps reproduce adaptive --scale paper --data mnist --only-report --no-wandb
+	$(VENV)/bin/lit-caps reproduce fig3 --scale quick --only-report --no-wandb
 
 check-reports: reports
 	@git diff --exit-code -I '^Report written ' --stat -- reports/ && test -z "$$(git status --porcelain -- reports/ | grep '^??')" \
