@@ -145,6 +145,24 @@ def mcnemar_exact(a, b) -> tuple[int, int, float]:
     return only_a, only_b, (1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue))
 
 
+def paired_test(lo: dict | None, hi: dict | None, k: str = "undetected",
+                names: tuple[str, str] = ("the lower", "the higher")) -> str:
+    """Whether the ``k`` rate of the cell ``lo`` is below that of ``hi``, from their per-example
+    outcomes (each a result file's ``examples``): every cell of a report attacks the same seeded test
+    images with the same targets, so the exact McNemar test (:func:`mcnemar_exact`,
+    5% level) applies. ``names``: the two cells' names in the text. Returns a clause that starts with
+    ``"; "``, or "" when either cell's outcomes are missing."""
+    if lo is None or hi is None:
+        return ""
+    if list(lo["index"]) != list(hi["index"]) or list(lo["target"]) != list(hi["target"]):
+        return "; paired test: not applicable (different images or targets)"
+    only_lo, only_hi, p = mcnemar_exact(lo[k], hi[k])
+    verdict = "not resolved" if p >= 0.05 else "holds" if only_hi > only_lo else "does not hold (the reverse)"
+    what = {"best_undetected": "undetected (best iterate)"}.get(k, k)
+    return (f"; paired test (the same {len(lo[k])} images, exact McNemar): {what} under {names[1]} only "
+            f"{only_hi}, under {names[0]} only {only_lo}, p = {p:.2g}: {verdict}")
+
+
 # -- DDP-exact metrics ----------------------------------------------------------------------------
 def dedupe_by_index(indices: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
     """Sort per-example results by dataset index and keep the first of each duplicated index

@@ -30,7 +30,8 @@ from ..attacks import ADAPTIVE
 from ..evaluation import compile_requested, ensemble, evaluate_attack
 from ..io import write_text_atomic
 from ..names import dataset_name, model_name
-from ..reporting.markdown import dur, generation_line, paired_test, write_report
+from ..detection import paired_test
+from ..reporting.markdown import dur, generation_line, write_report
 from ..reporting.plots import plot_rates_vs_iterations, plot_undetected_vs_fpr
 from ..runs import data_unavailable, ensure_run
 from .cells import MODELS, iterations, report_models, resolve_device, results_dir, scale_settings

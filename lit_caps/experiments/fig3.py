@@ -26,7 +26,8 @@ import pandas as pd
 from ..config import compose, recipe_env_prefix
 from ..io import write_text_atomic
 from ..names import model_name
-from ..reporting.markdown import ci, dur, generation_line, num, paired_test
+from ..detection import paired_test
+from ..reporting.markdown import ci, dur, generation_line, num
 from ..reporting.plots import plot_undetected_vs_fpr_panels
 from ..runs import RunNotFoundError, ensure_run_cfg
 from ..tracking import log_report

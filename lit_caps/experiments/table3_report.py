@@ -10,7 +10,8 @@ from ..config import recipe_env_prefix
 from ..io import write_text_atomic
 from . import TABLE3_DATASETS
 from ..names import ATTACKS, dataset_name, model_name
-from ..reporting.markdown import ci, diff, dur, num, paired_test, paper_pair
+from ..detection import paired_test
+from ..reporting.markdown import ci, diff, dur, num, paper_pair
 from ..runs import LoadedRun
 from .cells import Cell, iterations, reductions
 from .rows import footer, result_row
