@@ -217,15 +217,14 @@ def _agreement(rows: list[dict], datasets, attacks, searches=()) -> list[str]:
                 caps = next((r for r in rs if r["model"] == "capsnet"), None)
                 cnn = [r for r in rs if r["model"] != "capsnet"]
                 gap = ""
+                lo = min(cnn, key=lambda r: r["undetected_pct"]) if cnn else None
                 if caps and cnn and caps.get("paper_undetected_pct") is not None:
-                    lo = min(cnn, key=lambda r: r["undetected_pct"])
                     lo_p = min(cnn, key=lambda r: r["paper_undetected_pct"])
                     gap = (f" Lowest CNN minus CapsNet: ours {lo['undetected_pct'] - caps['undetected_pct']:+.1f} points "
                            f"({model_name(lo['model'])}), paper "
                            f"{lo_p['paper_undetected_pct'] - caps['paper_undetected_pct']:+.1f} "
                            f"({model_name(lo_p['model'])}).")
                 if caps and cnn:
-                    lo = min(cnn, key=lambda r: r["undetected_pct"])
                     test = paired_test(examples(caps), examples(lo), names=(model_name("capsnet"), model_name(lo["model"])))
                     if test:
                         gap += f" CapsNet below {model_name(lo['model'])}: {test.removeprefix('; ')}."
