@@ -27,6 +27,7 @@ help:
 	@echo "make reproduce-table7 [SCALE=...]     black-box PGD/R-PGD from a seed-1 substitute (Table 7) -> reports/"
 	@echo "make reproduce-table3 [SCALE=quick|paper|smoke] [DATASETS='mnist fashion_mnist svhn']  Table 3 (R-PGD worst case over beta)"
 	@echo "make reproduce-table6 [SCALE=...] [DATASETS=...]   Table 6 (R-FGSM, R-BIM, R-PGD worst case over beta)"
+	@echo "make reproduce-paper [WORKERS=2] [THREADS=1]  issue 18's paper-scale queue (Table 3, Table 1/5; MNIST, Fashion-MNIST), resumable"
 	@echo "make reproduce-adaptive [SCALE=...] [ADAPTIVE_DATASETS='mnist fashion_mnist']  adaptive attacks + ensemble vs the detector"
 	@echo "make sweep-agents GPUS=0,1 SWEEP=<wandb id | sweeps/<file>.yaml>   one W&B (or local) sweep agent per GPU"
 	@echo "make reproduce-fig1 [SCALE=...] [DATA=mnist]  Fig. 1 distance histograms -> reports/figures/"
@@ -84,6 +85,7 @@ reports: $(PY)
 	$(VENV)/bin/lit-caps reproduce adaptive --scale quick --data mnist fashion_mnist --only-report --no-wandb
 	$(VENV)/bin/lit-caps reproduce adaptive --scale paper --data mnist --only-report --no-wandb
 	$(VENV)/bin/lit-caps reproduce fig3 --scale quick --only-report --no-wandb
+	$(VENV)/bin/lit-caps report compute --out reports
 
 check-reports: reports
 	@git diff --exit-code -I '^Report written ' --stat -- reports/ && test -z "$$(git status --porcelain -- reports/ | grep '^??')" \
@@ -151,6 +153,24 @@ sweep-agents: $(PY)
 	  else cmd="$(VENV)/bin/wandb agent $(SWEEP)"; fi; \
 	  echo "GPU $$g: $$cmd  (log: $$log)"; \
 	  PATH="$(abspath $(VENV))/bin:$$PATH" CUDA_VISIBLE_DEVICES=$$g $$cmd > $$log 2>&1 & i=$$((i+1)); \
+	done; wait
+
+# Issue 18's paper-scale queue, in order: Table 3 (MNIST, then Fashion-MNIST), then Table 1/5 (MNIST, then
+# Fashion-MNIST), on the committed default models (never trained here). WORKERS processes run the same queue
+# with THREADS torch threads each and share every cell through its chunk claims (a cell's chunks are dealt
+# to whichever worker is free), so WORKERS = cores / THREADS keeps a CPU busy; every step is resumable.
+# Logs: runs/logs/paper-worker<i>.log. Then `lit-caps store save` and commit (reports/ is rewritten as cells finish).
+WORKERS ?= 2
+THREADS ?= 1
+PAPER_QUEUE ?= table3:mnist table3:fashion_mnist table1:mnist table1:fashion_mnist
+.PHONY: reproduce-paper
+reproduce-paper: $(PY)
+	@mkdir -p runs/logs; for i in $$(seq 1 $(WORKERS)); do \
+	  log=runs/logs/paper-worker$$i.log; echo "worker $$i: $(PAPER_QUEUE)  (log: $$log)"; \
+	  ( for step in $(PAPER_QUEUE); do exp=$${step%%:*}; ds=$${step#*:}; \
+	      models="cnn_r cnn_cr capsnet"; \
+	      $(VENV)/bin/lit-caps reproduce $$exp --scale paper --data $$ds --models $$models --no-train \
+	        --threads $(THREADS) --no-wandb $(ARGS) || exit 1; done ) > $$log 2>&1 & \
 	done; wait
 
 reproduce-table1: $(PY)

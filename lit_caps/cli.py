@@ -2,7 +2,7 @@
 
     lit-caps fit --model capsnet --data mnist [--arch mnist] [--train default] [--seed 0] [key.sub=value ...]
     lit-caps bench [--models ...] [--archs ...]
-    lit-caps report clean-error [--runs runs] [--out reports]
+    lit-caps report clean-error|compute [--runs runs] [--out reports]
     lit-caps reproduce NAME --data mnist [fashion_mnist ...] --scale quick   (NAME: lit_caps.experiments.REGISTRY)
                        [--only-report] [--runs runs] [--out results] [--reports reports]
     lit-caps attack --data mnist --model capsnet --attack r_pgd --targeted true --beta 0.45 --scale quick
@@ -138,10 +138,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .experiments.compute import compute_report
     from .experiments.table4 import clean_error_report
 
     if args.what == "clean-error":
         clean_error_report(args.runs, args.out)
+    elif args.what == "compute":
+        compute_report(args.out)
     return 0
 
 
@@ -263,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parsers(sub)
 
     p = sub.add_parser("report", help="write a report under reports/ from finished runs")
-    p.add_argument("what", choices=["clean-error"])
+    p.add_argument("what", choices=["clean-error", "compute"],
+                   help="clean-error: Table 4; compute: the attack and training hours behind the committed reports")
     p.add_argument("--runs", default="runs")
     p.add_argument("--out", default="reports")
     p.set_defaults(func=cmd_report)

@@ -97,6 +97,20 @@ def save_results(out_root="results", store: Path | None = None) -> list[Path]:
     return written
 
 
+def stored_results(store: Path | None = None):
+    """(path under the results store without ``.gz``, parsed result) of every committed result file,
+    in path order (the compute ledger reads them; nothing is restored)."""
+    src_root = Path(store) if store is not None else results_root()
+    for src in sorted(src_root.rglob("*.json.gz")):
+        rel = src.relative_to(src_root)
+        try:
+            res = json.loads(gzip.decompress(src.read_bytes()))
+        except (OSError, EOFError, ValueError, gzip.BadGzipFile) as e:
+            raise DamagedFileError(f"{src} is damaged ({type(e).__name__}); restore it with "
+                                   f"`git checkout -- {src}`") from None
+        yield rel.with_name(rel.name[: -len(".gz")]), res
+
+
 _RESTORED: set = set()
 
 

@@ -147,6 +147,9 @@ def test_result_file_fields_and_cache(tiny, dataset, reference):
     assert sorted(p.name for p in chunk_dir(out, "mnist", "tiny", path.stem, r["settings_hash"]).iterdir()) == \
         ["chunk_00000.pt", "chunk_00001.pt", "chunk_00002.pt"]
     assert r["run"]["chunk_workers"] == [f"{socket.gethostname()}:{os.getpid()}"] * 3
+    # the process's CPU time over the chunks (every thread) and torch's thread count: the compute ledger's input
+    assert r["run"]["threads"] == torch.get_num_threads()
+    assert r["run"]["cpu_time_s"] > 0
     s = r["settings"]
     for k, v in dict(dataset="mnist", model="tiny", attack="pgd", targeted=False, beta=None, eps=EPS, n=N, seed=0,
                      chunk_size=CHUNK, fpr=0.05, threshold=tiny[2], model_hash=model_hash(tiny[0])).items():

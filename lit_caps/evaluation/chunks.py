@@ -150,12 +150,14 @@ def _chunk_checksum(blob: dict) -> str:
 
 
 def write_chunk(path: Path, *, settings_hash: str, chunk_id: int, positions, records: dict, device, compiled: bool,
-                started: float, finished: float, wall_time_s: float) -> None:
+                started: float, finished: float, wall_time_s: float, cpu_time_s: float | None = None) -> None:
     """Write one chunk file atomically: its records (:func:`run_chunk`), identity (settings hash,
-    chunk id, positions), run info (host, pid, times, device, versions) and checksum."""
+    chunk id, positions), run info (host, pid, times, the process's CPU time over the chunk
+    (``time.process_time``: every thread of it) and torch's thread count, device, versions) and checksum."""
     run = {"host": HOST, "pid": os.getpid(), "started_at": iso_time(started), "finished_at": iso_time(finished),
            "finished_unix": finished, "device": str(device), "compiled": bool(compiled),
-           "wall_time_s": wall_time_s, "torch_version": str(torch.__version__), "python": platform.python_version(),
+           "wall_time_s": wall_time_s, "cpu_time_s": cpu_time_s, "threads": torch.get_num_threads(),
+           "torch_version": str(torch.__version__), "python": platform.python_version(),
            "lit_caps_version": lit_caps_version()}
     blob = {"settings_hash": settings_hash, "chunk": chunk_id, "positions": [int(p) for p in positions],
             "records": records, "wall_time_s": wall_time_s, "device": str(device), "compiled": bool(compiled),

@@ -31,7 +31,8 @@ The result JSON (``schema`` 2)::
                chunk_size, model_hash, checkpoint,
                [transfer only: source_model, source_model_hash, source_threshold, source_checkpoint]},
     run:      {torch_version, device, devices, compiled_chunks, world_size, wall_time_s (attack time summed over
-               chunks), chunk_wall_time_s, finished_at (the last chunk's), lit_caps_version, host, python,
+               chunks), chunk_wall_time_s, cpu_time_s (process CPU time summed over chunks; null when a
+               chunk predates it), threads (torch's, most common over chunks), finished_at (the last chunk's), lit_caps_version, host, python,
                chunk_workers ("host:pid" that computed each chunk)},
     summary:  {n, clean_accuracy, clean_flagged_rate, success_rate, success_ci, undetected_rate,
                undetected_ci, best_undetected_rate, best_undetected_ci, roc_auc,

@@ -83,6 +83,10 @@ def assemble(blobs, cfg, shash, name, path, val, world_size, dev, chunk_paths) -
         "compiled_chunks": sum(bool(b.get("compiled")) for b in blobs), "world_size": world_size,
         "precision": cfg.get("precision", "fp32"),
         "wall_time_s": sum(chunk_times), "chunk_wall_time_s": chunk_times,
+        # the process CPU time summed over chunks; None unless every chunk recorded it (chunks from before)
+        "cpu_time_s": (sum(float(r["cpu_time_s"]) for r in runs)
+                       if runs and all(r.get("cpu_time_s") is not None for r in runs) else None),
+        "threads": pick("threads", None),
         "finished_at": iso_time(max(finished)), "lit_caps_version": pick("lit_caps_version", lit_caps_version()),
         "host": pick("host", socket.gethostname()), "python": pick("python", platform.python_version()),
         "chunk_workers": [f"{r['host']}:{r['pid']}" if r.get("host") else None for r in runs],

@@ -58,14 +58,14 @@ class ChunkWorker:
         x, y, idx = load_examples(self.dataset, pos)
         cs = self.chunk_size
         t = self.targets[c * cs: c * cs + len(pos)] if self.targets is not None else None
-        started, t0 = time.time(), time.perf_counter()
+        started, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
         rec = run_chunk(self.model, self.attack, x, y, idx, t, threshold=float(self.threshold), seed=int(self.seed),
                         chunk_id=c, device=self.dev, trust_best_flag=self.trust_best_flag,
                         precision=self.precision)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         finished = time.time()
         write_chunk(path, settings_hash=self.shash, chunk_id=c, positions=pos, records=rec, device=self.dev,
-                    compiled=self.compiled, started=started, finished=finished, wall_time_s=wall)
+                    compiled=self.compiled, started=started, finished=finished, wall_time_s=wall, cpu_time_s=cpu)
 
     def close(self) -> None:
         self.stack.close()
