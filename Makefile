@@ -165,13 +165,13 @@ THREADS ?= 1
 PAPER_QUEUE ?= table3:mnist table3:fashion_mnist table1:mnist table1:fashion_mnist
 .PHONY: reproduce-paper
 reproduce-paper: $(PY)
-	@mkdir -p runs/logs; for i in $$(seq 1 $(WORKERS)); do \
+	@mkdir -p runs/logs; pids=""; for i in $$(seq 1 $(WORKERS)); do \
 	  log=runs/logs/paper-worker$$i.log; echo "worker $$i: $(PAPER_QUEUE)  (log: $$log)"; \
 	  ( for step in $(PAPER_QUEUE); do exp=$${step%%:*}; ds=$${step#*:}; \
-	      models="cnn_r cnn_cr capsnet"; \
-	      $(VENV)/bin/lit-caps reproduce $$exp --scale paper --data $$ds --models $$models --no-train \
-	        --threads $(THREADS) --no-wandb $(ARGS) || exit 1; done ) > $$log 2>&1 & \
-	done; wait
+	      $(VENV)/bin/lit-caps reproduce $$exp --scale paper --data $$ds --models cnn_r cnn_cr capsnet --no-train \
+	        --threads $(THREADS) --no-wandb $(ARGS) || exit 1; done ) > $$log 2>&1 & pids="$$pids $$!"; \
+	done; rc=0; i=0; for p in $$pids; do i=$$((i+1)); wait $$p || { echo "worker $$i failed: runs/logs/paper-worker$$i.log"; rc=1; }; done; \
+	test $$rc = 0 && echo "reproduce-paper: every step done; next: lit-caps store save, then commit reports/"
 
 reproduce-table1: $(PY)
 	$(VENV)/bin/lit-caps reproduce table1 --data $(DATA) --scale $(SCALE) $(ARGS)
