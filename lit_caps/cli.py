@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--betas", nargs="+", type=float, default=None, help="rpgd-beta / table7 / fig3: beta grid "
                    "(default: the scale's)")
     p.add_argument("--targeted", choices=["both", "true", "false"], default="both",
-                   help="rpgd-beta and adaptive: compute only these (adaptive's report keeps both)")
+                   help="table3, table6, rpgd-beta and adaptive: compute only these (the reports keep both)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-root", default=None, help="override the runs' data.root")

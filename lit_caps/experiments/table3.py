@@ -34,10 +34,13 @@ def worst_case_table(name: str, attacks: tuple, datasets=TABLE3_DATASETS, scale:
                      runs_root="runs", out_dir="results", report_dir="reports", models=MODELS, seed: int = 0,
                      only_report: bool = False, *, settings: dict | None = None, train: bool = True, refine: int | None = None,
                      betas=None, attack_seed: int = 0, device: str | None = None, data_root: str | None = None,
-                     progress: bool = False, wandb_log: bool = True, train_overrides=()) -> pd.DataFrame:
+                     progress: bool = False, wandb_log: bool = True, train_overrides=(),
+                     targeted: tuple = (True, False)) -> pd.DataFrame:
     """Worst case over beta of ``attacks`` for every dataset x model x targeted -> the report
     ``<report_dir>/<name>[_<scale>].{md,csv}`` (no suffix at the paper scale) and figures
-    ``<report_dir>/figures/{fig9,fig2}_<name>_<dataset>_<scale>.png``. See the module docstring."""
+    ``<report_dir>/figures/{fig9,fig2}_<name>_<dataset>_<scale>.png``. See the module docstring.
+    ``models`` and ``targeted`` narrow what is computed; the report keeps every model and both
+    targetings (the others from the result files that exist)."""
     t_start = time.perf_counter()
     sc = dict(settings) if settings is not None else scale_settings(scale, "table3")
     if refine is not None:
@@ -81,7 +84,8 @@ def worst_case_table(name: str, attacks: tuple, datasets=TABLE3_DATASETS, scale:
         searches.extend(ds_searches)
         for s in ds_searches:
             search_beta(runs[(ds, s.model)], s, sc, out_dir=res_dir, device=device, attack_seed=attack_seed,
-                        only_report=only_report or s.model not in computed, progress=progress, tag=f"{name} {ds}/{scale}")
+                        only_report=only_report or s.model not in computed or s.targeted not in targeted,
+                        progress=progress, tag=f"{name} {ds}/{scale}")
             report()
         figures.update(_figures(name, ds, scale, models, attacks, [s for s in ds_searches], fig_dir,
                                 plot_rates_vs_beta, plot_undetected_vs_fpr))
@@ -147,7 +151,7 @@ def _run(name: str, attacks: tuple, ctx, sc: dict) -> None:
     worst_case_table(name, attacks, ctx.datasets_or(TABLE3_DATASETS), ctx.scale, ctx.runs_root, ctx.out_dir,
                      ctx.report_dir, ctx.models, ctx.seed, ctx.only_report, settings=sc, train=ctx.train,
                      refine=ctx.refine, betas=ctx.betas, attack_seed=ctx.attack_seed, device=ctx.device,
-                     data_root=ctx.data_root, progress=ctx.progress, wandb_log=ctx.wandb)
+                     data_root=ctx.data_root, progress=ctx.progress, wandb_log=ctx.wandb, targeted=tuple(ctx.targeted))
 
 
 def run(ctx, sc: dict) -> None:

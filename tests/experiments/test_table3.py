@@ -146,6 +146,18 @@ def test_table6_shares_rpgd_cells(table):
     assert (p6["paper_success_pct"], p6["paper_undetected_pct"]) == (7.6, 0.5)  # Table 6, MNIST CNN+CR R-FGSM
 
 
+def test_targeted_narrows_what_is_computed(table):
+    """--targeted true computes only the targeted searches; the report keeps the untargeted rows, read
+    from the result files that exist (here none: pending). Runs after test_table6_shares_rpgd_cells."""
+    df, kw = table
+    res = Path(kw["out_dir"]) / "smoke" / "mnist" / "cnn_r"
+    d6 = worst_rows(table3.table6(("mnist",), "smoke", models=("cnn_r",), targeted=(True,), **kw))
+    w = d6[(d6["model"] == "cnn_r") & (d6["attack"] != "r_pgd")]
+    assert len(w) == 4 and w[w["targeted"]]["success_pct"].notna().all()
+    assert w[~w["targeted"]]["success_pct"].isna().all()  # untargeted R-FGSM / R-BIM: never computed
+    assert sorted(res.glob("r_fgsm-untargeted-*.json")) == [] and sorted(res.glob("r_fgsm-targeted-*.json"))
+
+
 def test_local_sweep_of_lit_caps_attack_offline_wandb(table, tmp_path):
     """The shipped sweep form (`command: [lit-caps, attack, ${args}]`) through the local runner, with
     W&B offline: each run is an offline W&B run, its metric reaches the runner, its result the table."""
