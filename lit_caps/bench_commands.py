@@ -37,10 +37,13 @@ def cmd_fastpath(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.paper_cell:
+        if args.data != "mnist":
+            from .errors import InvalidArgumentError
+            raise InvalidArgumentError(f"--paper-cell is the MNIST CapsNet's Table 3 cell; drop --data {args.data}")
         paper_cell(steps=args.steps, runs_root=args.runs, out_dir=args.out, report_dir=args.reports,
                    data_root=args.data_root, only_report=args.only_report)
         return 0
-    fastpath_check(tuple(args.models), n=args.n, steps=args.steps, runs_root=args.runs, out_dir=args.out,
+    fastpath_check(tuple(args.models), args.data, n=args.n, steps=args.steps, runs_root=args.runs, out_dir=args.out,
                    report_dir=args.reports, only_report=args.only_report, data_root=args.data_root,
                    compile=args.compile)
     return 0
@@ -69,6 +72,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("fastpath-check", help="the attack fast path (bf16) against fp32 on the same images")
     p.add_argument("--models", nargs="+", default=["capsnet", "cnn_cr", "cnn_r"], help="the models to compute")
+    p.add_argument("--data", default="mnist", choices=["mnist", "fashion_mnist"],
+                   help="the dataset's committed default models and its Appendix C eps")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--runs", default="runs")

@@ -100,6 +100,13 @@ def test_fastpath_check_report(runs, data_root, tmp_path, monkeypatch):
         assert r.passes == inside and r.bf16_result.endswith("-bf16.json") and not r.fp32_result.endswith("-bf16.json")
     md = (rep / "fastpath_check.md").read_text()
     assert "| CNN+CR | PGD | yes |" in md and "Verdict per model" in md and "pending (no model)" in md
+    assert "2 iterations, eps 0.3, step 0.01" in md  # the eps of the cells (MNIST's Appendix C bound)
+    # another dataset's check gets its own report (never over MNIST's); the MNIST-only paper cell says so
+    from lit_caps.fastpath import report_stem
+    assert report_stem("fashion_mnist", True) == "fastpath_check_compiled_fashion_mnist"
+    assert report_stem("mnist", False) == "fastpath_check"
+    assert main(["fastpath-check", "--paper-cell", "--data", "fashion_mnist", "--runs", str(runs), "--out", str(out),
+                 "--reports", str(rep)]) == 2
     # the report alone, from the result files: the same rows
     rc = main(["fastpath-check", "--models", "cnn_cr", "--n", "20", "--steps", "2", "--runs", str(runs),
                "--out", str(out), "--reports", str(rep), "--only-report", "--data-root", str(data_root)])

@@ -35,7 +35,7 @@ def report_of(rel: Path, settings: dict) -> str:
     (its path under the results store) with ``settings``."""
     parts = rel.parts
     if parts[0] in FASTPATH_FOLDERS:
-        return FASTPATH_FOLDERS[parts[0]]
+        return FASTPATH_FOLDERS[parts[0]] + ("" if settings["dataset"] == "mnist" else f"_{settings['dataset']}")
     scale = parts[0] if parts[0] in SCALES else "paper"
     suffix = "" if scale == "paper" else f"_{scale}"
     ds, attack = settings["dataset"], settings["attack"]

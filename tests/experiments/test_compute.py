@@ -23,6 +23,8 @@ from lit_caps.experiments.compute import compute_report, ledger, report_of
      "adaptive_mnist_quick"),
     ("quick/cifar10/capsnet/r_pgd-x-bbc593958e.json", dict(dataset="cifar10", attack="r_pgd"), "fig3_cifar10_quick"),
     ("fastpath_compiled/mnist/capsnet/pgd-x.json", dict(dataset="mnist", attack="pgd"), "fastpath_check_compiled"),
+    ("fastpath/fashion_mnist/capsnet/pgd-x.json", dict(dataset="fashion_mnist", attack="pgd"),
+     "fastpath_check_fashion_mnist"),
     ("fashion_mnist/capsnet/cw-x.json", dict(dataset="fashion_mnist", attack="cw"), "table1_fashion_mnist_paper"),
     ("quick/mnist/capsnet/r_bim-x.json", dict(dataset="mnist", attack="r_bim"), "table6_quick"),
     ("quick/mnist_c/capsnet/pgd-x.json", dict(dataset="mnist_c", attack="pgd"), "table2_quick"),
