@@ -81,6 +81,7 @@ reports: $(PY)
 	$(VENV)/bin/lit-caps reproduce table3 --scale quick --only-report --no-wandb
 	$(VENV)/bin/lit-caps fastpath-check --only-report
 	$(VENV)/bin/lit-caps fastpath-check --only-report --compile
+	$(VENV)/bin/lit-caps fastpath-check --only-report --compile --data fashion_mnist --models capsnet
 	$(VENV)/bin/lit-caps fastpath-check --only-report --paper-cell --steps 100
 	$(VENV)/bin/lit-caps reproduce adaptive --scale quick --data mnist fashion_mnist --only-report --no-wandb
 	$(VENV)/bin/lit-caps reproduce adaptive --scale paper --data mnist --only-report --no-wandb

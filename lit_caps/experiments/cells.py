@@ -90,9 +90,10 @@ def reductions(dataset: str, scale: str, table: str, betas=None) -> list[str]:
             out.append(f"beta grid {grid(b)} (paper scale: {grid(paper['betas'])}; "
                        "the paper tunes beta per model without giving its grid)")
     fast = sc.get("fast_path")
-    if fast:
+    if fast and dataset in (fast.get("datasets") or (dataset,)):
+        on = f" on {', '.join(dataset_name(d) for d in fast['datasets'])}" if fast.get("datasets") else ""
         out.append(f"the fast path: the attack iterations of {', '.join(fast['models'])}'s "
-                   f"{', '.join(a.upper().replace('_', '-') for a in fast['attacks'])} under {fast['precision']} "
+                   f"{', '.join(a.upper().replace('_', '-') for a in fast['attacks'])}{on} under {fast['precision']} "
                    "autocast (every rate still measured in fp32; it passed its equality check against fp32, "
                    "reports/fastpath_check.md and fastpath_check_compiled.md)")
     return out
@@ -127,13 +128,16 @@ class Cell:
         return "pending"
 
 
-def cell_precision(sc: dict, model: str, attack: str) -> str:
+def cell_precision(sc: dict, model: str, attack: str, dataset: str | None = None) -> str:
     """The attack precision of a cell at a scale's settings: ``LIT_CAPS_PRECISION`` if set, else the
-    section's ``fast_path`` precision for its models and attacks (where the fast path passed its
-    equality check, reports/fastpath_check*.md), else the section's ``precision`` (fp32)."""
+    section's ``fast_path`` precision for its models, attacks and (when it lists them) datasets, where
+    the fast path passed its equality check (reports/fastpath_check*.md), else the section's
+    ``precision`` (fp32)."""
     fast = sc.get("fast_path") or {}
     default = sc.get("precision", "fp32")
-    if model in (fast.get("models") or ()) and attack in (fast.get("attacks") or ()):
+    datasets = fast.get("datasets")
+    if model in (fast.get("models") or ()) and attack in (fast.get("attacks") or ()) \
+            and (datasets is None or dataset in datasets):
         default = fast.get("precision", default)
     return precision_requested(None, default=default)
 
@@ -158,7 +162,7 @@ def evaluate_cell(run: LoadedRun, cell: Cell, dataset: str, sc: dict, *, attack_
             out_dir=out_dir, chunk_size=sc["chunk_size"], device=device, progress=progress, fpr=run.fpr,
             checkpoint=run.checkpoint, only_cached=only_report,
             compile=compile_requested(None, default=sc.get("compile", False)),
-            precision=cell_precision(sc, run.name, cell.attack), **kw)
+            precision=cell_precision(sc, run.name, cell.attack, dataset), **kw)
 
 
 def label(cell: Cell) -> str:

@@ -132,7 +132,7 @@ def search_beta(run, search: Search, sc: dict, *, out_dir, device, attack_seed: 
     eps = next((c.result["settings"]["eps"] for c in search.cells.values() if c.result and c.result.get("settings")),
                None)
     if eps is not None and source is None:  # read (never compute) the other betas that agents / sweeps finished
-        precision = cell_precision(sc, m, a)
+        precision = cell_precision(sc, m, a, ds)
         for b in discover_betas(out_dir, ds, m, a, t, eps, sc["n"], attack_seed, precision):
             if b not in search.cells:
                 c = Cell(m, a, t, b)
