@@ -141,8 +141,12 @@ def compute_report(report_dir="reports") -> list[dict]:
             f"{r['first_finished']} to {r['last_finished']}"
         md.append(f"| {link} | {r['cells']} | {r['image_iterations'] / 1e6:.1f} | {r['attack_wall_h']:.2f} | {cpu} "
                   f"| {r['threads'] or 'not recorded'} | {r['devices']} | {span} |")
+    unlinked = [r["report"] for r in attack_rows if not (Path(report_dir) / f"{r['report']}.md").is_file()]
     md.append(f"| **all** | {cells} | {sum(r['image_iterations'] for r in attack_rows) / 1e6:.1f} | **{wall:.2f}** "
               f"| {cpu_cells} of {cells} cells recorded it | | | |")
+    if unlinked:
+        md += ["", f"Without a link ({', '.join(unlinked)}): cells with no report of their own, read by another "
+               "(a fast-path check's eager fp32 side is the reference of its `_compiled` report)."]
     md += ["", "## Training, per dataset (the committed models)", "",
            "| dataset | models | train wall time (h) | devices | runs |", "|---|---|---|---|---|"]
     for r in train_rows:

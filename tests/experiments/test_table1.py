@@ -31,7 +31,8 @@ def test_scales():
     assert attack_settings("svhn", "pgd", scales["quick"]["table1"]) == {"steps": 200}  # capped by the paper's
     assert reductions("mnist", "paper", "table1") == []
     (fast,) = reductions("mnist", "paper", "table3")  # the fast path, where it passed its check
-    assert fast.startswith("the fast path: the attack iterations of capsnet's PGD, R-PGD under bf16")
+    assert fast.startswith("the fast path: the attack iterations of capsnet's PGD, R-PGD on MNIST under bf16")
+    assert reductions("fashion_mnist", "paper", "table3") == []  # the fast path did not pass there
     # Table 3's quick cells are the R-PGD grid's (same N, iterations, chunks -> the same result files)
     q3, qb = scales["quick"]["table3"], scales["quick"]["rpgd_beta"]
     assert all(q3[k] == qb[k] for k in ("n", "chunk_size", "steps", "betas")) and q3["refine"] == 2
