@@ -90,7 +90,7 @@ def reductions(dataset: str, scale: str, table: str, betas=None) -> list[str]:
             out.append(f"beta grid {grid(b)} (paper scale: {grid(paper['betas'])}; "
                        "the paper tunes beta per model without giving its grid)")
     fast = sc.get("fast_path")
-    if fast and dataset in (fast.get("datasets") or (dataset,)):
+    if fast and fast_path_covers(fast, dataset):
         on = f" on {', '.join(dataset_name(d) for d in fast['datasets'])}" if fast.get("datasets") else ""
         out.append(f"the fast path: the attack iterations of {', '.join(fast['models'])}'s "
                    f"{', '.join(a.upper().replace('_', '-') for a in fast['attacks'])}{on} under {fast['precision']} "
@@ -128,6 +128,12 @@ class Cell:
         return "pending"
 
 
+def fast_path_covers(fast: dict, dataset: str | None) -> bool:
+    """Whether a section's ``fast_path`` applies to ``dataset`` (every dataset when it lists none)."""
+    datasets = fast.get("datasets")
+    return datasets is None or dataset in datasets
+
+
 def cell_precision(sc: dict, model: str, attack: str, dataset: str | None = None) -> str:
     """The attack precision of a cell at a scale's settings: ``LIT_CAPS_PRECISION`` if set, else the
     section's ``fast_path`` precision for its models, attacks and (when it lists them) datasets, where
@@ -135,9 +141,7 @@ def cell_precision(sc: dict, model: str, attack: str, dataset: str | None = None
     ``precision`` (fp32)."""
     fast = sc.get("fast_path") or {}
     default = sc.get("precision", "fp32")
-    datasets = fast.get("datasets")
-    if model in (fast.get("models") or ()) and attack in (fast.get("attacks") or ()) \
-            and (datasets is None or dataset in datasets):
+    if model in (fast.get("models") or ()) and attack in (fast.get("attacks") or ()) and fast_path_covers(fast, dataset):
         default = fast.get("precision", default)
     return precision_requested(None, default=default)
 

@@ -19,15 +19,15 @@ from collections import defaultdict
 from pathlib import Path
 
 from .. import store
+from ..attacks import ADAPTIVE
 from ..names import dataset_name
 from ..reporting.markdown import generation_line, write_report
+from .cells import STANDARD_ATTACKS
 
 #: store folders of the fast-path checks (lit-caps fastpath-check), not of a paper table
 FASTPATH_FOLDERS = {"fastpath": "fastpath_check", "fastpath_compiled": "fastpath_check_compiled",
                     "fastpath_cell_100it": "fastpath_paper_cell_100it"}
 SCALES = ("smoke", "quick")  # folders of the reduced scales; the paper scale sits at the store's top
-STANDARD = ("fgsm", "bim", "pgd", "cw")
-ADAPTIVE = ("selective_pgd", "orthogonal_pgd", "apgd_joint")
 
 
 def report_of(rel: Path, settings: dict) -> str:
@@ -49,13 +49,13 @@ def report_of(rel: Path, settings: dict) -> str:
         return f"table3{suffix}"
     if attack in ("r_fgsm", "r_bim"):
         return f"table6{suffix}"
-    if attack in STANDARD:
+    if attack in STANDARD_ATTACKS:
         return f"table1_{ds}_{scale}"
     return f"other ({attack})"
 
 
-def _hours(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds / 3600, 2)
+def _hours(seconds: float) -> float:
+    return round(seconds / 3600, 2)
 
 
 def ledger(results=None, cards=None) -> tuple[list[dict], list[dict]]:
