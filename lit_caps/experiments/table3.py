@@ -39,8 +39,8 @@ def worst_case_table(name: str, attacks: tuple, datasets=TABLE3_DATASETS, scale:
     """Worst case over beta of ``attacks`` for every dataset x model x targeted -> the report
     ``<report_dir>/<name>[_<scale>].{md,csv}`` (no suffix at the paper scale) and figures
     ``<report_dir>/figures/{fig9,fig2}_<name>_<dataset>_<scale>.png``. See the module docstring.
-    ``models`` and ``targeted`` narrow what is computed; the report keeps every model and both
-    targetings (the others from the result files that exist)."""
+    ``datasets``, ``models`` and ``targeted`` narrow what is computed; the report keeps every dataset,
+    every model and both targetings (the others from the result files that exist)."""
     t_start = time.perf_counter()
     sc = dict(settings) if settings is not None else scale_settings(scale, "table3")
     if refine is not None:
@@ -59,20 +59,26 @@ def worst_case_table(name: str, attacks: tuple, datasets=TABLE3_DATASETS, scale:
     figures: dict = {}
 
     computed, models = tuple(models), report_models(models)  # the report keeps every model's rows
+    computed_ds, datasets = tuple(datasets), report_datasets(datasets)  # ... and every dataset's
 
     def report() -> pd.DataFrame:
         return write_worst_case_report(name, stem, scale, sc, datasets, models, attacks, runs, unavailable, searches, paper,
                        report_dir, device, time.perf_counter() - t_start, figures, train_overrides)
 
+    def computes(s: Search) -> bool:
+        return (not only_report and s.dataset in computed_ds and s.model in computed and s.targeted in targeted)
+
+    # 1. read every finished cell (of every dataset, model, targeting) before computing anything, so
+    #    that a report written mid-run shows everything measured so far, not only what this run reached
     for ds in datasets:
         why = data_unavailable(ds, data_root)
         if why is not None:
             unavailable[ds] = why
-            print(f"[{name} {scale}] {ds}: not available: {why.splitlines()[0]}", flush=True)
-            report()
+            if ds in computed_ds:
+                print(f"[{name} {scale}] {ds}: not available: {why.splitlines()[0]}", flush=True)
             continue
         for m in models:
-            cached = only_report or m not in computed
+            cached = only_report or m not in computed or ds not in computed_ds
             try:
                 runs[(ds, m)] = ensure_run(ds, m, scale, seed=seed, runs_root=runs_root, train=train and not cached,
                                            overrides=train_overrides, data_root=data_root)
@@ -84,11 +90,19 @@ def worst_case_table(name: str, attacks: tuple, datasets=TABLE3_DATASETS, scale:
         searches.extend(ds_searches)
         for s in ds_searches:
             search_beta(runs[(ds, s.model)], s, sc, out_dir=res_dir, device=device, attack_seed=attack_seed,
-                        only_report=only_report or s.model not in computed or s.targeted not in targeted,
-                        progress=progress, tag=f"{name} {ds}/{scale}")
-            report()
-        figures.update(_figures(name, ds, scale, models, attacks, [s for s in ds_searches], fig_dir,
-                                plot_rates_vs_beta, plot_undetected_vs_fpr))
+                        only_report=True, progress=False, tag=f"{name} {ds}/{scale}")
+    report()
+    # 2. compute what this run asked for, rewriting the report after each search
+    for ds in datasets:
+        ds_searches = [s for s in searches if s.dataset == ds]
+        for s in ds_searches:
+            if computes(s):
+                search_beta(runs[(ds, s.model)], s, sc, out_dir=res_dir, device=device, attack_seed=attack_seed,
+                            only_report=False, progress=progress, tag=f"{name} {ds}/{scale}")
+                report()
+        if ds_searches:
+            figures.update(_figures(name, ds, scale, models, attacks, ds_searches, fig_dir,
+                                    plot_rates_vs_beta, plot_undetected_vs_fpr))
     df = report()
     md = Path(report_dir) / f"{stem}.md"
     print(f"[{name} {scale}] report: {md}", flush=True)
@@ -135,6 +149,13 @@ def _figures(name, ds, scale, models, attacks, searches, fig_dir, plot_rates_vs_
             plot_undetected_vs_fpr(curves, p2, f"{dname}: worst-case {kind} {ATTACKS[a]} ({scale})")
             out[f"{ds}/fig2_{kind}"] = p2
     return out
+
+
+def report_datasets(datasets) -> tuple:
+    """The datasets a Table 3 / 6 report covers: all of ``TABLE3_DATASETS``, then any other asked for.
+    ``--data`` chooses what a run computes, not what its report shows (as ``--models``:
+    :func:`.cells.report_models`), so a run for one dataset never drops another's rows."""
+    return tuple(TABLE3_DATASETS) + tuple(d for d in datasets if d not in TABLE3_DATASETS)
 
 
 def table3(datasets=TABLE3_DATASETS, scale: str = "quick", **kw) -> pd.DataFrame:

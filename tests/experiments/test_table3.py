@@ -18,7 +18,7 @@ from .conftest import worst_rows
 def test_table3_smoke_columns_and_rows(table, data_root):
     df, kw = table
     w = worst_rows(df)
-    assert len(w) == 12  # 2 datasets x 3 models x targeted/untargeted
+    assert len(w) == 18  # 3 datasets x 3 models x targeted/untargeted
     cols = {"dataset", "model", "attack", "targeted", "beta", "beta_resolution", "betas_tried", "success_pct",
             "success_ci_lo", "success_ci_hi", "undetected_pct", "undetected_ci_lo", "undetected_ci_hi",
             "best_undetected_pct", "paper_success_pct", "paper_undetected_pct", "diff_success_pct",
@@ -63,9 +63,14 @@ def test_table3_smoke_columns_and_rows(table, data_root):
         assert len(s) == 6 and (s["status"] == "not available").all() and s["success_pct"].isna().all()
         assert s["paper_success_pct"].notna().all()
         assert "SVHN: not available" in md and "svhn" in md.lower()
+    # --data narrows what is computed, not the report: Fashion-MNIST (not asked for, no run) keeps its
+    # rows, pending with the command that trains its model
+    f = w[w["dataset"] == "fashion_mnist"]
+    assert len(f) == 6 and f["success_pct"].isna().all() and f["paper_success_pct"].notna().all()
+    assert f["status"].str.startswith("pending (no run: lit-caps fit --model").all(), f["status"].tolist()
 
 
-def test_table3_rerun_reuses_and_resumes(table):
+def test_table3_rerun_reuses_and_resumes(table, monkeypatch):
     df, kw = table
     res = Path(kw["out_dir"]) / "smoke"
     files = sorted(res.rglob("r_pgd-*.json"))
@@ -80,6 +85,7 @@ def test_table3_rerun_reuses_and_resumes(table):
     chunk.unlink()
     # meanwhile the report marks the searches with a lost beta partial, naming it, never complete
     part = worst_rows(table3.table3(("mnist",), "smoke", only_report=True, **kw))
+    part = part[part["dataset"] == "mnist"]
     for lost in (gone, other):
         model = lost.parent.name
         kind, beta = re.match(r"r_pgd-(\w+)-beta([\d.]+)-", lost.name).groups()
@@ -87,8 +93,16 @@ def test_table3_rerun_reuses_and_resumes(table):
         assert row["status"].startswith("partial: betas") and f"{float(beta):g}" in row["status"], row["status"]
     assert (part["status"] == "complete").sum() == 6 - part["status"].str.startswith("partial").sum() >= 4
     md = (Path(kw["report_dir"]) / "table3_smoke.md").read_text()
-    assert "*partial*" in md and f"{(part['status'] == 'complete').sum()}/6 cells measured" in md
+    assert "*partial*" in md and f"{(part['status'] == 'complete').sum()}/18 cells measured" in md
+    written = []  # every report the resuming run writes, in order
+    real = table3.write_worst_case_report
+    monkeypatch.setattr(table3, "write_worst_case_report", lambda *a, **k: written.append(real(*a, **k)) or written[-1])
     df2 = table3.table3(("mnist", "svhn"), "smoke", **kw)
+    # its first report, written before it computes anything, already shows every finished cell (a report
+    # written mid-run never shows a measured search as pending because the run has not reached it yet)
+    first = worst_rows(written[0])
+    first = first[first["dataset"] == "mnist"].reset_index(drop=True)
+    assert len(written) >= 3 and (first["status"] == part["status"].reset_index(drop=True)).all()
     after = {p: p.stat().st_mtime_ns for p in sorted(res.rglob("r_pgd-*.json"))}
     assert set(after) == set(before)
     changed = {p for p in after if after[p] != before[p]}
@@ -132,6 +146,8 @@ def test_table6_shares_rpgd_cells(table):
     before = {p: p.stat().st_mtime_ns for p in res.rglob("r_pgd-*.json")}
     d6 = table3.table6(("mnist",), "smoke", models=("cnn_cr",), **kw)
     every = worst_rows(d6)
+    assert set(every["dataset"]) == {"mnist", "fashion_mnist", "svhn"}  # the report keeps every dataset
+    every = every[every["dataset"] == "mnist"]
     w = every[every["model"] == "cnn_cr"]
     assert set(w["attack"]) == {"r_fgsm", "r_bim", "r_pgd"} and len(w) == 6 and w["success_pct"].notna().all()
     # --models narrows what is computed, not the report: the other models keep their rows (R-PGD read
@@ -152,6 +168,7 @@ def test_targeted_narrows_what_is_computed(table):
     df, kw = table
     res = Path(kw["out_dir"]) / "smoke" / "mnist" / "cnn_r"
     d6 = worst_rows(table3.table6(("mnist",), "smoke", models=("cnn_r",), targeted=(True,), **kw))
+    d6 = d6[d6["dataset"] == "mnist"]
     w = d6[(d6["model"] == "cnn_r") & (d6["attack"] != "r_pgd")]
     assert len(w) == 4 and w[w["targeted"]]["success_pct"].notna().all()
     assert w[~w["targeted"]]["success_pct"].isna().all()  # untargeted R-FGSM / R-BIM: never computed
