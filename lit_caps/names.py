@@ -3,7 +3,7 @@ every report, figure and log line uses."""
 from __future__ import annotations
 
 #: Dataset -> the paper's name.
-DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10"}
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10", "mnist_c": "MNIST-C"}
 
 #: Model registry name -> the paper's name (CapsNet All / DeepCaps-style: the CIFAR-10 variants of
 #: Section 5.4, Fig. 3).

@@ -59,13 +59,14 @@ def _hours(seconds: float) -> float:
 
 
 def ledger(results=None, cards=None) -> tuple[list[dict], list[dict]]:
-    """(attack rows: one per report, training rows: one per dataset) from ``results``
+    """(attack rows: one per report and dataset (a multi-dataset report such as Table 3 gets a row per
+    dataset), training rows: one per dataset) from ``results``
     ((rel, result) pairs, default: the store's) and ``cards`` (model summaries, default: the store's)."""
     groups: dict = defaultdict(lambda: dict(cells=0, image_iterations=0, wall_s=0.0, cpu_s=0.0, cpu_cells=0,
                                             threads=set(), devices=set(), finished=[]))
     for rel, res in (store.stored_results() if results is None else results):
         st, run = res["settings"], res.get("run") or {}
-        g = groups[report_of(Path(rel), st)]
+        g = groups[(report_of(Path(rel), st), st["dataset"])]
         g["cells"] += 1
         g["image_iterations"] += int(st["n"]) * int((st.get("attack_settings") or {}).get("steps", 1))
         g["wall_s"] += float(run.get("wall_time_s") or 0.0)
@@ -78,10 +79,10 @@ def ledger(results=None, cards=None) -> tuple[list[dict], list[dict]]:
         if run.get("finished_at"):
             g["finished"].append(run["finished_at"][:10])
     attack_rows = []
-    for name in sorted(groups):
-        g = groups[name]
+    for name, ds in sorted(groups):
+        g = groups[(name, ds)]
         attack_rows.append(dict(
-            report=name, cells=g["cells"], image_iterations=g["image_iterations"],
+            report=name, dataset=ds, cells=g["cells"], image_iterations=g["image_iterations"],
             attack_wall_h=_hours(g["wall_s"]), cpu_h_recorded=_hours(g["cpu_s"]) if g["cpu_cells"] else None,
             cells_with_cpu_time=g["cpu_cells"], threads=",".join(str(t) for t in sorted(g["threads"])),
             devices=",".join(sorted(g["devices"])),
@@ -128,10 +129,10 @@ def compute_report(report_dir="reports") -> list[dict]:
           "only by cells computed since chunks carry it; the older cells ran in processes of 1 or 2 torch "
           "threads on this project's 2-core machine, so their CPU time is at most twice their wall time. "
           "Work = N images x attack iterations, summed over the cells.", "",
-          "## Attacks, per report", "",
-          "| report | cells | image-iterations (M) | attack wall time (h) | CPU time (h; cells that recorded it) "
-          "| torch threads | devices | finished |",
-          "|---|---|---|---|---|---|---|---|"]
+          "## Attacks, per report and dataset", "",
+          "| report | dataset | cells | image-iterations (M) | attack wall time (h) | CPU time (h; cells that "
+          "recorded it) | torch threads | devices | finished |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for r in attack_rows:
         cpu = f"{r['cpu_h_recorded']:.2f} ({r['cells_with_cpu_time']} of {r['cells']})" if r["cpu_h_recorded"] \
             is not None else f"not recorded (0 of {r['cells']})"
@@ -139,10 +140,11 @@ def compute_report(report_dir="reports") -> list[dict]:
             else r["report"]
         span = r["first_finished"] if r["first_finished"] == r["last_finished"] else \
             f"{r['first_finished']} to {r['last_finished']}"
-        md.append(f"| {link} | {r['cells']} | {r['image_iterations'] / 1e6:.1f} | {r['attack_wall_h']:.2f} | {cpu} "
+        md.append(f"| {link} | {dataset_name(r['dataset'])} | {r['cells']} | {r['image_iterations'] / 1e6:.1f} "
+                  f"| {r['attack_wall_h']:.2f} | {cpu} "
                   f"| {r['threads'] or 'not recorded'} | {r['devices']} | {span} |")
-    unlinked = [r["report"] for r in attack_rows if not (Path(report_dir) / f"{r['report']}.md").is_file()]
-    md.append(f"| **all** | {cells} | {sum(r['image_iterations'] for r in attack_rows) / 1e6:.1f} | **{wall:.2f}** "
+    unlinked = sorted({r["report"] for r in attack_rows if not (Path(report_dir) / f"{r['report']}.md").is_file()})
+    md.append(f"| **all** | | {cells} | {sum(r['image_iterations'] for r in attack_rows) / 1e6:.1f} | **{wall:.2f}** "
               f"| {cpu_cells} of {cells} cells recorded it | | | |")
     if unlinked:
         md += ["", f"Without a link ({', '.join(unlinked)}): cells with no report of their own, read by another "

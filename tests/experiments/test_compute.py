@@ -43,17 +43,23 @@ def _res(ds, attack, n, steps, wall, cpu=None, threads=None):
 def test_ledger_sums_per_report():
     results = [("mnist/capsnet/r_pgd-a.json", _res("mnist", "r_pgd", 1000, 1000, 3600.0)),
                ("mnist/cnn_r/r_pgd-b.json", _res("mnist", "r_pgd", 1000, 1000, 1800.0, cpu=1700.0, threads=1)),
+               ("fashion_mnist/cnn_r/r_pgd-d.json", _res("fashion_mnist", "r_pgd", 1000, 500, 720.0, cpu=700.0,
+                                                        threads=1)),
                ("quick/mnist/cnn_r/r_pgd-c.json", _res("mnist", "r_pgd", 200, 100, 36.0))]
     cards = [{"dataset": "mnist", "train_wall_s": 7200.0, "device": "cpu", "source_run": "a"},
              {"dataset": "mnist", "train_wall_s": 3600.0, "device": "cpu", "source_run": "b"}]
     attack, train = ledger(results, cards)
-    by = {r["report"]: r for r in attack}
-    assert set(by) == {"table3", "table3_quick"}
-    t3 = by["table3"]
+    by = {(r["report"], r["dataset"]): r for r in attack}
+    # a multi-dataset report (Table 3) gets a row per dataset: the wall time of each table
+    assert set(by) == {("table3", "mnist"), ("table3", "fashion_mnist"), ("table3_quick", "mnist")}
+    assert by[("table3", "fashion_mnist")]["cells"] == 1 and by[("table3", "fashion_mnist")]["attack_wall_h"] == 0.2
+    assert by[("table3", "fashion_mnist")]["image_iterations"] == 500_000
+    t3 = by[("table3", "mnist")]
     assert t3["cells"] == 2 and t3["image_iterations"] == 2_000_000 and t3["attack_wall_h"] == 1.5
     # CPU time only from the cell that recorded it, and said so
     assert t3["cpu_h_recorded"] == round(1700 / 3600, 2) and t3["cells_with_cpu_time"] == 1 and t3["threads"] == "1"
-    assert by["table3_quick"]["cpu_h_recorded"] is None and by["table3_quick"]["image_iterations"] == 20_000
+    q = by[("table3_quick", "mnist")]
+    assert q["cpu_h_recorded"] is None and q["image_iterations"] == 20_000
     assert train == [dict(dataset="mnist", models=2, train_wall_h=3.0, devices="cpu", runs="a b")]
 
 
@@ -73,4 +79,4 @@ def test_compute_report_over_the_committed_store(tmp_path, monkeypatch):
     csv = pd.read_csv(tmp_path / "compute.csv")
     assert len(csv) == len(rows) and set(csv.kind) == {"attack", "training"}
     md = (tmp_path / "compute.md").read_text()
-    assert "| table3 |" in md or "[table3](table3.md)" in md
+    assert "| table3 | MNIST |" in md  # (no link: tmp_path holds no table3.md)
